@@ -1,0 +1,550 @@
+"""In-process backend: bounded per-topic logs shared by every stream with the same name.
+
+One lock guards a store, so appends may come from any thread (:meth:`append_sync`) while
+cursors read on the runtime loop. A full log applies **back-pressure**: the oldest entries
+are only trimmed once every live reader (fan-out cursor, or group with a live member) has
+read them, so producers wait for slow subscribers instead of anything being lost or memory
+growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..codec import Fields
+from ..errors import GroupError
+from ..ids import MAX_SEQ, IdClock, Position, format_id, parse_id, parse_start
+from .base import Backend, Cursor, GroupCursor, GroupEntry, RawEntry
+
+__all__ = ["MemoryBackend"]
+
+_ZERO = (0, 0)
+
+
+class _Pending:
+    __slots__ = ("consumer", "delivered_at", "deliveries", "fields", "key")
+
+    def __init__(self, key: tuple[int, int], fields: Fields, consumer: str) -> None:
+        self.key = key
+        self.fields = fields
+        self.consumer = consumer
+        self.delivered_at = time.monotonic()
+        self.deliveries = 1
+
+
+class _Group:
+    __slots__ = ("consumers", "last_key", "live", "pending")
+
+    def __init__(self, last_key: tuple[int, int]) -> None:
+        self.last_key = last_key
+        self.pending: dict[str, _Pending] = {}
+        self.consumers: set[str] = set()
+        self.live: set[_MemoryGroupCursor] = set()
+
+
+class _Log:
+    __slots__ = ("clock", "entries", "groups", "keys", "start")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+        self.entries: list[RawEntry] = []
+        self.start = 0  # index of the oldest retained entry (the prefix is dropped lazily)
+        self.clock = IdClock()
+        self.groups: dict[str, _Group] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.start
+
+    def index_after(self, key: tuple[int, int]) -> int:
+        """Index of the first retained entry with a key greater than ``key``."""
+        return max(self.start, bisect_right(self.keys, key, self.start))
+
+    def last_key(self) -> tuple[int, int]:
+        return self.keys[-1] if len(self) else (self.clock.ms, self.clock.seq)
+
+    def trim_to(self, index: int) -> None:
+        self.start = index
+        if self.start > 4096 and self.start * 2 > len(self.entries):
+            del self.keys[: self.start], self.entries[: self.start]
+            self.start = 0
+
+
+class _Store:
+    """The shared state of one ``memory://NAME``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
+        self.logs: dict[str, _Log] = {}
+        self.readers: dict[str, set[_MemoryCursor]] = {}
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.space_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.sync_space_waiting = 0
+
+    # -- wake-ups (called with the lock held) ---------------------------------------------
+    def wake_readers(self, topic: str) -> None:
+        waiters = self.waiters.pop(topic, None)
+        if waiters:
+            running = asyncio._get_running_loop()
+            for fut in waiters:
+                if fut.get_loop() is running:
+                    _resolve(fut)
+                else:
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+    def wake_producers(self, topic: str) -> None:
+        waiters = self.space_waiters.pop(topic, None)
+        if waiters:
+            running = asyncio._get_running_loop()
+            for fut in waiters:
+                if fut.get_loop() is running:
+                    _resolve(fut)
+                else:
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+        if self.sync_space_waiting:
+            self.space.notify_all()
+
+    # -- appending (called with the lock held) --------------------------------------------
+    def room(self, topic: str, log: _Log, maxlen: int) -> int:
+        """How many entries can be appended now, trimming what every live reader has read."""
+        free = maxlen - len(log)
+        if free > 0:
+            return free
+        oldest_unread = None
+        for reader in self.readers.get(topic, ()):
+            if oldest_unread is None or reader.last_key < oldest_unread:
+                oldest_unread = reader.last_key
+        for group in log.groups.values():
+            if group.live and (oldest_unread is None or group.last_key < oldest_unread):
+                oldest_unread = group.last_key
+        limit = len(log.entries) if oldest_unread is None else log.index_after(oldest_unread)
+        return maxlen - (len(log.entries) - limit)
+
+    def append_now(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
+        """Append as many entries as there is room for; return their ids."""
+        log = self.logs.get(topic)
+        if log is None:
+            log = self.logs[topic] = _Log()
+        n = min(len(entries), self.room(topic, log, maxlen))
+        if n <= 0:
+            return []
+        overflow = len(log) + n - maxlen
+        if overflow > 0:
+            log.trim_to(log.start + overflow)
+        clock, keys, stored = log.clock, log.keys, log.entries
+        ids = []
+        for fields in entries[:n] if n < len(entries) else entries:
+            key = clock.next_key()
+            id_ = f"{key[0]}-{key[1]}"
+            keys.append(key)
+            stored.append((id_, fields))
+            ids.append(id_)
+        self.wake_readers(topic)
+        return ids
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+class MemoryBackend(Backend):
+    """In-process logs; ``memory://NAME`` streams with the same NAME share them."""
+
+    schemes = ("memory",)
+
+    def __init__(self, name: str = "") -> None:
+        with _STORES_LOCK:
+            self._store = _STORES.setdefault(name, _Store())
+        self._name = name
+        self._cursors: set[_MemoryCursor | _MemoryGroupCursor] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryBackend:
+        """Build from ``memory://`` or ``memory://NAME`` (no options)."""
+        if options:
+            raise ValueError(f"unknown option(s) for memory://: {', '.join(sorted(options))}")
+        parts = urlsplit(url)
+        if parts.scheme != "memory" or parts.query or parts.fragment or parts.path.strip("/"):
+            raise ValueError(
+                f"malformed memory URL {url!r}: expected 'memory://' or 'memory://NAME'"
+            )
+        return cls(parts.netloc)
+
+    @property
+    def url(self) -> str:
+        return f"memory://{self._name}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.url} backend is closed")
+
+    # -- writing --------------------------------------------------------------------------
+    async def append(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
+        self._check_open()
+        store = self._store
+        ids: list[str] = []
+        while True:
+            with store.lock:
+                ids += store.append_now(topic, entries[len(ids) :], maxlen)
+                if len(ids) == len(entries):
+                    return ids
+                fut = asyncio.get_running_loop().create_future()
+                store.space_waiters.setdefault(topic, []).append(fut)
+            await fut
+
+    def append_sync(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
+        """Append from a thread other than the runtime loop's, waiting for room if full."""
+        self._check_open()
+        store = self._store
+        ids: list[str] = []
+        with store.lock:
+            while True:
+                ids += store.append_now(topic, entries[len(ids) :], maxlen)
+                if len(ids) == len(entries):
+                    return ids
+                store.sync_space_waiting += 1
+                try:
+                    store.space.wait(0.5)
+                finally:
+                    store.sync_space_waiting -= 1
+                self._check_open()
+
+    async def delete(self, topic: str) -> None:
+        store = self._store
+        with store.lock:
+            log = store.logs.pop(topic, None)
+            if log:
+                for group in log.groups.values():
+                    for cursor in group.live:
+                        cursor.deleted = True
+            store.wake_readers(topic)
+            store.wake_producers(topic)
+
+    # -- reading --------------------------------------------------------------------------
+    async def cursor(self, topic: str, start: Position) -> Cursor:
+        self._check_open()
+        after = parse_start(start)
+        store = self._store
+        with store.lock:
+            if after is None:
+                log = store.logs.get(topic)
+                after = log.last_key() if log else _ZERO  # all of a future log is new
+            cursor = _MemoryCursor(self, topic, after)
+            store.readers.setdefault(topic, set()).add(cursor)
+        self._cursors.add(cursor)
+        return cursor
+
+    async def group_cursor(
+        self, topic: str, group: str, consumer: str, start: Position, claim_idle: float
+    ) -> GroupCursor:
+        self._check_open()
+        after = parse_start(start)
+        store = self._store
+        with store.lock:
+            log = store.logs.get(topic)
+            if log is None:
+                log = store.logs[topic] = _Log()
+            grp = log.groups.get(group)
+            if grp is None:
+                grp = log.groups[group] = _Group(log.last_key() if after is None else after)
+            grp.consumers.add(consumer)
+            cursor = _MemoryGroupCursor(self, topic, group, consumer, claim_idle, grp)
+            grp.live.add(cursor)
+        self._cursors.add(cursor)
+        return cursor
+
+    async def range(
+        self, topic: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[RawEntry]:
+        lo = _ZERO if start == "-" else parse_id(start)
+        hi = (2**63, MAX_SEQ) if end == "+" else parse_id(end, default_seq=MAX_SEQ)
+        with self._store.lock:
+            log = self._store.logs.get(topic)
+            if log is None:
+                return []
+            i = max(log.start, bisect_left(log.keys, lo, log.start))
+            j = bisect_right(log.keys, hi, i)
+            if count is not None:
+                j = min(j, i + max(count, 0))
+            return log.entries[i:j]
+
+    # -- introspection --------------------------------------------------------------------
+    async def topics(self) -> list[str]:
+        with self._store.lock:
+            return sorted(self._store.logs)
+
+    async def info(self, topic: str) -> dict[str, Any]:
+        with self._store.lock:
+            log = self._store.logs.get(topic)
+            if log is None or not len(log):
+                return {
+                    "topic": topic,
+                    "length": 0,
+                    "first_id": None,
+                    "last_id": None,
+                    "groups": len(log.groups) if log else 0,
+                }
+            return {
+                "topic": topic,
+                "length": len(log),
+                "first_id": log.entries[log.start][0],
+                "last_id": log.entries[-1][0],
+                "groups": len(log.groups),
+            }
+
+    async def groups(self, topic: str) -> list[dict[str, Any]]:
+        with self._store.lock:
+            log = self._store.logs.get(topic)
+            if log is None:
+                return []
+            return [
+                {
+                    "name": name,
+                    "consumers": len(grp.consumers),
+                    "pending": len(grp.pending),
+                    "last_delivered_id": format_id(grp.last_key),
+                    "lag": len(log.entries) - log.index_after(grp.last_key),
+                }
+                for name, grp in sorted(log.groups.items())
+            ]
+
+    def _group(self, topic: str, group: str) -> _Group:
+        log = self._store.logs.get(topic)
+        grp = log.groups.get(group) if log else None
+        if grp is None:
+            raise GroupError(f"no group {group!r} on topic {topic!r}")
+        return grp
+
+    async def pending(self, topic: str, group: str) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._store.lock:
+            grp = self._group(topic, group)
+            rows = sorted(grp.pending.items(), key=lambda item: item[1].key)
+            return [
+                {
+                    "id": id_,
+                    "consumer": p.consumer,
+                    "idle": now - p.delivered_at,
+                    "deliveries": p.deliveries,
+                }
+                for id_, p in rows
+            ]
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> int:
+        with self._store.lock:
+            grp = self._group(topic, group)
+            return sum(grp.pending.pop(i, None) is not None for i in ids)
+
+    async def claim(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        now = time.monotonic()
+        with self._store.lock:
+            grp = self._group(topic, group)
+            grp.consumers.add(consumer)
+            moved = []
+            for id_ in ids:
+                p = grp.pending.get(id_)
+                if p is not None:
+                    p.consumer, p.delivered_at = consumer, now
+                    p.deliveries += 1
+                    moved.append(id_)
+            return moved
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for cursor in list(self._cursors):
+            await cursor.close()
+
+
+async def _wait(store: _Store, topic: str, timeout: float | None) -> None:
+    """Wait (lock not held) until ``topic`` gets new entries or ``timeout`` passes."""
+    fut = asyncio.get_running_loop().create_future()
+    with store.lock:
+        store.waiters.setdefault(topic, []).append(fut)
+    try:
+        if timeout is None:
+            await fut
+        else:
+            async with asyncio.timeout(timeout):
+                await fut
+    except TimeoutError:
+        pass
+    finally:
+        if not fut.done():
+            fut.cancel()
+
+
+class _MemoryCursor(Cursor):
+    __slots__ = ("_backend", "_closed", "last_key", "topic")
+
+    def __init__(self, backend: MemoryBackend, topic: str, after: tuple[int, int]) -> None:
+        self._backend = backend
+        self.topic = topic
+        self.last_key = after
+        self._closed = False
+
+    @property
+    def last_id(self) -> str:
+        return format_id(self.last_key)
+
+    def _take(self, count: int) -> list[RawEntry]:
+        store = self._backend._store
+        with store.lock:
+            log = store.logs.get(self.topic)
+            if log is None:
+                return []
+            i = log.index_after(self.last_key)
+            batch = log.entries[i : i + count]
+            if batch:
+                self.last_key = log.keys[i + len(batch) - 1]
+                if store.space_waiters or store.sync_space_waiting:
+                    store.wake_producers(self.topic)
+            return batch
+
+    async def read(self, count: int, timeout: float | None) -> list[RawEntry]:
+        batch = self._take(count)
+        if batch or self._closed or timeout == 0:
+            return batch
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            await _wait(self._backend._store, self.topic, remaining)
+            batch = self._take(count)
+            if batch:
+                return batch
+        return []
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        store = self._backend._store
+        with store.lock:
+            readers = store.readers.get(self.topic)
+            if readers is not None:
+                readers.discard(self)
+                if not readers:
+                    del store.readers[self.topic]
+            store.wake_producers(self.topic)
+            for fut in store.waiters.get(self.topic, ()):
+                _resolve(fut)
+        self._backend._cursors.discard(self)
+
+
+class _MemoryGroupCursor(GroupCursor):
+    __slots__ = (
+        "_backend",
+        "_closed",
+        "_group",
+        "_own_first",
+        "claim_idle",
+        "consumer",
+        "deleted",
+        "group",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        backend: MemoryBackend,
+        topic: str,
+        group: str,
+        consumer: str,
+        claim_idle: float,
+        grp: _Group,
+    ) -> None:
+        self._backend = backend
+        self.topic = topic
+        self.group = group
+        self.consumer = consumer
+        self.claim_idle = claim_idle
+        self._group = grp
+        self._own_first = True
+        self._closed = False
+        self.deleted = False
+
+    def _take(self, count: int) -> tuple[list[GroupEntry], float | None]:
+        """Return a batch and, if empty, how long until a pending entry becomes claimable."""
+        store = self._backend._store
+        now = time.monotonic()
+        with store.lock:
+            if self.deleted or store.logs.get(self.topic) is None:
+                raise GroupError(
+                    f"group {self.group!r} on topic {self.topic!r} no longer exists "
+                    "(the topic was deleted)"
+                )
+            grp, log = self._group, store.logs[self.topic]
+            batch: list[GroupEntry] = []
+            next_claim = None
+            for id_, p in grp.pending.items():
+                if len(batch) >= count:
+                    break
+                mine_at_start = self._own_first and p.consumer == self.consumer
+                idle = now - p.delivered_at
+                if mine_at_start or idle >= self.claim_idle:
+                    p.consumer, p.delivered_at = self.consumer, now
+                    p.deliveries += 1
+                    batch.append((id_, p.fields, p.deliveries))
+                else:
+                    wait = self.claim_idle - idle
+                    next_claim = wait if next_claim is None else min(next_claim, wait)
+            self._own_first = False
+            room = count - len(batch)
+            if room > 0:
+                i = log.index_after(grp.last_key)
+                new = log.entries[i : i + room]
+                if new:
+                    grp.last_key = log.keys[i + len(new) - 1]
+                    for key, (id_, fields) in zip(log.keys[i : i + len(new)], new, strict=True):
+                        grp.pending[id_] = _Pending(key, fields, self.consumer)
+                        batch.append((id_, fields, 1))
+                    if store.space_waiters or store.sync_space_waiting:
+                        store.wake_producers(self.topic)
+            return batch, next_claim
+
+    async def read(self, count: int, timeout: float | None) -> list[GroupEntry]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            batch, next_claim = self._take(count)
+            if batch:
+                return batch
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            if next_claim is not None:
+                remaining = next_claim if remaining is None else min(remaining, next_claim)
+            await _wait(self._backend._store, self.topic, remaining)
+        return []
+
+    async def ack(self, ids: Sequence[str]) -> None:
+        with self._backend._store.lock:
+            pending = self._group.pending
+            for id_ in ids:
+                pending.pop(id_, None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        store = self._backend._store
+        with store.lock:
+            self._group.live.discard(self)
+            store.wake_producers(self.topic)
+            for fut in store.waiters.get(self.topic, ()):
+                _resolve(fut)
+        self._backend._cursors.discard(self)
