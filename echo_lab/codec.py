@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -71,19 +72,20 @@ def encode_json(
 def encode_echo(
     topic: str, data: Any, headers: Mapping[str, str] | None = None
 ) -> dict[str, bytes]:
-    """Encode as Crystal Echo does: one field ``payload``, base64 JSON with ``_id``, ``_time``.
+    """Encode as Crystal Echo v0.1.1 does: one field ``payload`` holding URL-safe base64
+    (padded) of compact JSON ``{"_id": uuid4, "_time": RFC 3339 seconds, ...fields}``.
 
-    Headers are carried in the JSON object as ``_headers`` (Echo ignores unknown keys).
+    Headers are carried as ``_headers`` (Echo ignores unknown keys).
     """
     _check(topic, data, headers)
-    import uuid
-
-    body = orjson.loads(_dump(topic, data))
-    body["_id"] = str(uuid.uuid4())
-    body["_time"] = datetime.now(UTC).isoformat()
+    body = {
+        "_id": str(uuid.uuid4()),
+        "_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    body.update(_loads(_dump(topic, data)))
     if headers:
         body["_headers"] = dict(headers)
-    return {"payload": base64.b64encode(_dump(topic, body))}
+    return {"payload": base64.urlsafe_b64encode(_dump(topic, body))}
 
 
 CODECS: dict[str, Encoder] = {"json": encode_json, "echo": encode_echo}
@@ -145,8 +147,14 @@ def decode(topic: str, id: str, fields: Fields) -> Envelope:
         raise DecodeError(f"undecodable entry {id} on topic {topic!r}: {exc}") from None
 
 
+_B64_STD = bytes.maketrans(b"-_", b"+/")
+
+
 def _decode_echo(topic: str, id: str, payload: bytes | str) -> Envelope:
-    body = _loads(base64.b64decode(payload, validate=False))
+    if isinstance(payload, str):
+        payload = payload.encode()
+    # Echo writes the URL-safe alphabet; accept the standard one and line breaks too.
+    body = _loads(base64.b64decode(payload.translate(_B64_STD).translate(None, b"\r\n")))
     if not isinstance(body, dict):
         raise DecodeError(
             f"undecodable entry {id} on topic {topic!r}: Echo payload is not an object"
