@@ -1,0 +1,56 @@
+"""The result row every benchmark module returns, and the table printer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Row", "best_rate", "print_table"]
+
+
+@dataclass
+class Row:
+    """One measured path: echo_lab's figure beside the raw library's (higher is better
+    unless ``unit`` is a latency, where the ratio is raw/ours so that > 1 is still better)."""
+
+    group: str
+    path: str
+    ours: float
+    raw: float
+    unit: str = "msg/s"
+    bar: float | None = None  #: the ratio the issue asks for, if any
+
+    @property
+    def ratio(self) -> float:
+        if self.unit in ("µs", "ms", "s", "MB"):  # smaller is better
+            return self.raw / self.ours if self.ours else 0.0
+        return self.ours / self.raw if self.raw else 0.0
+
+
+def best_rate(fn: Callable[[], int], repeats: int = 3) -> float:
+    """Run ``fn`` (returns how many messages it moved) ``repeats`` times; best msg/s."""
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "msg/s":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    """Print rows as a Markdown table (paste it into notes and the README)."""
+    print("| group | path | echo_lab | raw | unit | ratio | bar |")
+    print("|---|---|---:|---:|---|---:|---|")
+    for r in rows:
+        bar = "" if r.bar is None else f">= {r.bar:g} {'ok' if r.ratio >= r.bar else 'MISSED'}"
+        print(
+            f"| {r.group} | {r.path} | {_fmt(r.ours, r.unit)} | {_fmt(r.raw, r.unit)} "
+            f"| {r.unit} | {r.ratio:.2f} | {bar} |"
+        )
