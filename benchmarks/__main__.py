@@ -16,7 +16,7 @@ from .common import print_table
 def main(argv: list[str]) -> int:
     names = argv or sorted(
         m.name[len("bench_") :]
-        for m in pkgutil.iter_modules([str(Path(__file__).parent])
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
         if m.name.startswith("bench_")
     )
     rows = []
