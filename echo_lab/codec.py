@@ -104,7 +104,7 @@ def get_codec(name: str) -> Encoder:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else value
 
 
 def _typed(type_name: str | None, data: Any) -> Any:
@@ -178,12 +178,13 @@ def dead_letter_fields(
     out: dict[str, Any] = dict(fields)
     if "data" in fields and fields.keys() <= _OURS:
         try:
+            _loads(fields["data"])
             headers = _loads(fields["headers"]) if "headers" in fields else {}
             headers.update(details)
             out["headers"] = _dumps(headers)
             return out
-        except orjson.JSONDecodeError:
-            pass
+        except (orjson.JSONDecodeError, AttributeError):
+            pass  # undecodable: keep it raw, details as flat fields
     for k, v in details.items():
         out[f"dead.{k}"] = v
     return out

@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import queue
+import threading
 import time
 import types
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Self, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, Union
 
 from .codec import Fields, dead_letter_fields, decode
 from .errors import DecodeError, GroupError
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Consumer", "ConsumerStats", "Handler", "Subscription"]
 
 logger = logging.getLogger("echo_lab")
+T = TypeVar("T")
 
 Handler = Callable[[Envelope], Any] | Callable[[Envelope], Awaitable[Any]]
 
@@ -107,6 +110,7 @@ class Subscription:
         self.batch = batch
         self.stats = ConsumerStats()
         self._is_async = _is_async(handler)
+        self._worker = None if self._is_async else _Worker(f"echo-lab-handler:{','.join(topics)}")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._logged_traceback = False
@@ -127,14 +131,12 @@ class Subscription:
         backend = self.stream.backend
         for topic in self.topics:
             if self.group is None:
-                cursor = await backend.cursor(topic, self.start)
-                coro = self._run_fanout(cursor)
+                cursor: Cursor | GroupCursor = await backend.cursor(topic, self.start)
             else:
-                gcursor = await backend.group_cursor(
+                cursor = await backend.group_cursor(
                     topic, self.group, self.consumer or "", self.start, self.claim_idle
                 )
-                coro = self._run_group(gcursor)
-            self._tasks.append(asyncio.create_task(coro, name=f"echo-lab:{topic}"))
+            self._tasks.append(asyncio.create_task(self._run(cursor), name=f"echo-lab:{topic}"))
         self.stream._subscriptions.add(self)
         return self
 
@@ -146,23 +148,19 @@ class Subscription:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        if self._worker is not None:
+            self._worker.stop()
         self.stream._subscriptions.discard(self)
 
     def stop(self) -> None:
         """Stop consuming and release the cursors."""
-        if self.stream.runtime.in_loop_thread():  # from a handler: do not wait for ourselves
+        if self.stream.runtime.in_loop_thread():  # from an async handler: do not wait for it
             self._stopping = True
             asyncio.get_running_loop().create_task(self.astop())
             return
         self.stream.runtime.run(self.astop())
 
     # -- delivery -------------------------------------------------------------------------
-    async def _call(self, env: Envelope) -> None:
-        if self._is_async:
-            await self.handler(env)  # type: ignore[misc]
-        else:
-            self.handler(env)
-
     def _failed(self, env: Envelope, exc: BaseException, attempt: int) -> None:
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -178,21 +176,93 @@ class Subscription:
         )
         self._logged_traceback = True
 
-    async def _dead_letter(self, topic: str, id_: str, fields: Fields, error: str, n: int) -> None:
-        dead = dead_letter_fields(fields, error, id_, n)
-        await self.stream.backend.append(f"{topic}.dead", [dead], self.stream.maxlen)
-        self.stats.dead_lettered += 1
+    async def _process(self, topic: str, batch: list[Any], grouped: bool) -> _Outcome:
+        """Decode and handle one batch; return the ids done with and the dead letters.
 
-    def _decode(self, topic: str, id_: str, fields: Fields) -> Envelope | None:
-        self.stats.received += 1
-        self.stats.last_id = id_
+        For a sync handler this coroutine never suspends, so it is driven to completion in
+        the subscription's worker thread (see :func:`_drive`) and a slow or blocking handler
+        never stalls the runtime loop.
+        """
+        stats, handler, is_async, limit = (
+            self.stats,
+            self.handler,
+            self._is_async,
+            self.max_deliveries,
+        )
+        done: list[str] = []
+        dead: list[tuple[str, Fields, str, int]] = []
+        for entry in batch:
+            id_, fields = entry[0], entry[1]
+            deliveries = entry[2] if grouped else 1
+            stats.received += 1
+            stats.last_id = id_
+            try:
+                env = decode(topic, id_, fields)
+            except DecodeError as exc:
+                stats.undecodable += 1
+                stats.last_error = str(exc)
+                logger.warning("%s", exc)
+                dead.append((id_, fields, str(exc), deliveries))
+                done.append(id_)
+                continue
+            if deliveries > limit:  # its consumers kept dying on it
+                dead.append(
+                    (id_, fields, f"delivered {deliveries} times, never acknowledged", deliveries)
+                )
+                done.append(id_)
+                continue
+            # fan-out retries at once; a group leaves the entry pending, to be re-delivered
+            for attempt in range(deliveries, limit + 1 if not grouped else deliveries + 1):
+                try:
+                    if is_async:
+                        await handler(env)  # type: ignore[misc]
+                    else:
+                        handler(env)
+                except Exception as exc:
+                    self._failed(env, exc, attempt)
+                    if attempt >= limit:
+                        dead.append((id_, fields, repr(exc), attempt))
+                        done.append(id_)
+                else:
+                    stats.handled += 1
+                    done.append(id_)
+                    break
+        return done, dead
+
+    async def _run(self, cursor: Cursor | GroupCursor) -> None:
+        """Read batches until stopped; handle them; dead-letter and acknowledge."""
+        grouped = self.group is not None
+        topic, delay = cursor.topic, 0.1
+        backend, worker = self.stream.backend, self._worker
         try:
-            return decode(topic, id_, fields)
-        except DecodeError as exc:
-            self.stats.undecodable += 1
-            self.stats.last_error = str(exc)
-            logger.warning("%s", exc)
-            return None
+            while not self._stopping:
+                try:
+                    batch = await cursor.read(self.batch, None)
+                    delay = 0.1
+                except GroupError as exc:  # the topic or group was deleted: join it anew
+                    delay = await self._read_failed(exc, delay)
+                    await cursor.close()
+                    cursor = await backend.group_cursor(
+                        topic, self.group or "", self.consumer or "", "0", self.claim_idle
+                    )
+                    continue
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    delay = await self._read_failed(exc, delay)
+                    continue
+                if not batch:
+                    continue
+                if worker is None:
+                    done, dead = await self._process(topic, batch, grouped)
+                else:
+                    done, dead = await worker.run(self._process(topic, batch, grouped))
+                for id_, fields, error, n in dead:
+                    letter = dead_letter_fields(fields, error, id_, n)
+                    await backend.append(f"{topic}.dead", [letter], self.stream.maxlen)
+                    self.stats.dead_lettered += 1
+                if grouped and done:
+                    await cursor.ack(done)  # type: ignore[union-attr]
+        finally:
+            await cursor.close()
 
     async def _read_failed(self, exc: Exception, delay: float) -> float:
         self.stats.read_errors += 1
@@ -201,79 +271,57 @@ class Subscription:
         await asyncio.sleep(delay)
         return min(delay * 2, _BACKOFF_MAX)
 
-    async def _run_fanout(self, cursor: Cursor) -> None:
-        topic, delay = cursor.topic, 0.1
-        try:
-            while not self._stopping:
-                try:
-                    batch = await cursor.read(self.batch, None)
-                    delay = 0.1
-                except (ConnectionError, OSError, TimeoutError) as exc:
-                    delay = await self._read_failed(exc, delay)
-                    continue
-                for id_, fields in batch:
-                    env = self._decode(topic, id_, fields)
-                    if env is None:
-                        await self._dead_letter(topic, id_, fields, "undecodable entry", 1)
-                        continue
-                    for attempt in range(1, self.max_deliveries + 1):
-                        try:
-                            await self._call(env)
-                        except Exception as exc:
-                            self._failed(env, exc, attempt)
-                            if attempt == self.max_deliveries:
-                                await self._dead_letter(topic, id_, fields, repr(exc), attempt)
-                        else:
-                            self.stats.handled += 1
-                            break
-        finally:
-            await cursor.close()
 
-    async def _run_group(self, cursor: GroupCursor) -> None:
-        topic, delay = cursor.topic, 0.1
-        try:
-            while not self._stopping:
-                try:
-                    batch = await cursor.read(self.batch, None)
-                    delay = 0.1
-                except GroupError as exc:  # the topic or group was deleted: re-create it
-                    delay = await self._read_failed(exc, delay)
-                    await cursor.close()
-                    cursor = await self.stream.backend.group_cursor(
-                        topic, cursor.group, cursor.consumer, "0", self.claim_idle
-                    )
-                    continue
-                except (ConnectionError, OSError, TimeoutError) as exc:
-                    delay = await self._read_failed(exc, delay)
-                    continue
-                done: list[str] = []
-                for id_, fields, deliveries in batch:
-                    env = self._decode(topic, id_, fields)
-                    if env is None:
-                        await self._dead_letter(
-                            topic, id_, fields, "undecodable entry", deliveries
-                        )
-                        done.append(id_)
-                        continue
-                    if deliveries > self.max_deliveries:  # its consumers kept dying on it
-                        error = f"delivered {deliveries} times without being acknowledged"
-                        await self._dead_letter(topic, id_, fields, error, deliveries)
-                        done.append(id_)
-                        continue
-                    try:
-                        await self._call(env)
-                    except Exception as exc:
-                        self._failed(env, exc, deliveries)
-                        if deliveries >= self.max_deliveries:
-                            await self._dead_letter(topic, id_, fields, repr(exc), deliveries)
-                            done.append(id_)
-                    else:
-                        self.stats.handled += 1
-                        done.append(id_)
-                if done:
-                    await cursor.ack(done)
-        finally:
-            await cursor.close()
+_Outcome = tuple[list[str], list[tuple[str, Fields, str, int]]]
+
+
+class _Worker:
+    """A daemon thread that runs a subscription's sync handlers, one batch at a time."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            coro, future, loop = job
+            try:
+                result = _drive(coro)
+            except BaseException as exc:  # handed back to the loop, never lost
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a never-suspending coroutine in the worker thread; await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((coro, future, loop))
+        return await future
+
+    def stop(self) -> None:
+        """Let the thread end after its current job (a blocked handler cannot be killed)."""
+        self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to completion, without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a sync handler's batch suspended; use an async handler to await")
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
