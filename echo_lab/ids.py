@@ -76,11 +76,13 @@ class IdClock:
         self.ms = 0
         self.seq = 0
 
-    def next_key(self) -> tuple[int, int]:
-        """Return the next ``(ms, seq)``; never goes backwards even if the clock does."""
+    def next_keys(self, n: int = 1) -> tuple[int, int]:
+        """Reserve ``n`` consecutive ids; return the first ``(ms, seq)`` (the rest follow in
+        ``seq``). Never goes backwards, even if the wall clock does."""
         now = time.time_ns() // 1_000_000
         if now > self.ms:
-            self.ms, self.seq = now, 0
-        else:
-            self.seq += 1
-        return self.ms, self.seq
+            self.ms, self.seq = now, n - 1
+            return now, 0
+        first = self.seq + 1
+        self.seq += n
+        return self.ms, first

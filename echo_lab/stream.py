@@ -21,7 +21,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 from .backends.base import Backend
-from .codec import Fields, dead_letter_fields, decode, get_codec
+from .codec import Fields, dead_letter_fields, decode, encode_many, get_codec
 from .consumer import (
     BATCH,
     DEFAULT_CLAIM_IDLE,
@@ -182,8 +182,7 @@ class Stream:
     ) -> list[Fields]:
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty string, got {topic!r}")
-        encode = self._encode
-        return [encode(topic, row, headers) for row in rows]
+        return encode_many(self._encode, topic, rows, headers)
 
     # -- consuming ------------------------------------------------------------------------
     async def _on(

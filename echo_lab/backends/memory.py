@@ -137,14 +137,10 @@ class _Store:
         overflow = len(log) + n - maxlen
         if overflow > 0:
             log.trim_to(log.start + overflow)
-        clock, keys, stored = log.clock, log.keys, log.entries
-        ids = []
-        for fields in entries[:n] if n < len(entries) else entries:
-            key = clock.next_key()
-            id_ = f"{key[0]}-{key[1]}"
-            keys.append(key)
-            stored.append((id_, fields))
-            ids.append(id_)
+        ms, seq = log.clock.next_keys(n)
+        ids = [f"{ms}-{s}" for s in range(seq, seq + n)]
+        log.keys += [(ms, s) for s in range(seq, seq + n)]
+        log.entries += zip(ids, entries[:n] if n < len(entries) else entries, strict=True)
         self.wake_readers(topic)
         return ids
 
