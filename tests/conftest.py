@@ -14,11 +14,15 @@ import echo_lab as el
 
 pytest_plugins = [
     "tests.fixtures.servers",
+    "tests.fixtures.redis",
+    "tests.fixtures.broker",
 ]
 
 #: conformance backend name -> fixture yielding a URL of a fresh, empty namespace.
 BACKENDS: dict[str, str] = {
     "memory": "memory_url",
+    "redis": "redis_url",
+    "ws-memory": "ws_memory_url",
 }
 
 
