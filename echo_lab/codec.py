@@ -146,7 +146,7 @@ def decode(topic: str, id: str, fields: Fields) -> Envelope:
     try:
         raw = fields.get("data")
         if raw is not None and len(fields) == 1:  # the common case: a plain dict
-            return Envelope(topic, id, None, _typed(None, _loads(raw)), None, len(raw))
+            return Envelope(topic, id, None, _loads(raw), None, len(raw))
         if raw is not None and fields.keys() <= _OURS:
             type_name = fields.get("type")
             if type_name is not None:

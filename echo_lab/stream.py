@@ -234,9 +234,13 @@ class Stream:
 
         In a group, a message is acknowledged when the loop body that received it returns.
         """
-        async for batch in self._batches(topic, start, group, consumer, claim_idle, timeout):
-            for env in batch:
-                yield env
+        batches = self._batches(topic, start, group, consumer, claim_idle, timeout)
+        try:
+            async for batch in batches:
+                for env in batch:
+                    yield env
+        finally:
+            await batches.aclose()
 
     def iter(
         self,
@@ -326,15 +330,15 @@ class Stream:
                 if not raw:
                     return
                 batch = []
+                append = batch.append
                 for item in raw:
-                    id_, fields = item[0], item[1]
                     try:
-                        batch.append(decode(topic, id_, fields))
+                        append(decode(topic, item[0], item[1]))
                     except DecodeError as exc:
-                        dead = dead_letter_fields(fields, str(exc), id_, 1)
+                        dead = dead_letter_fields(item[1], str(exc), item[0], 1)
                         await hop(self.backend.append(f"{topic}.dead", [dead], self.maxlen))
-                    if group is not None:
-                        unacked.append(id_)
+                if group is not None:
+                    unacked = [item[0] for item in raw]
                 got += len(batch)
                 if batch:
                     yield batch
