@@ -200,9 +200,12 @@ class MemoryBackend(Backend):
         ids: list[str] = []
         while True:
             with store.lock:
-                ids += store.append_now(topic, entries[len(ids) :], maxlen)
+                added = store.append_now(topic, entries[len(ids) :], maxlen)
+                ids += added
                 if len(ids) == len(entries):
                     return ids
+                if added:  # progress (a batch longer than maxlen): try again at once
+                    continue
                 fut = asyncio.get_running_loop().create_future()
                 store.space_waiters.setdefault(topic, []).append(fut)
             await fut
