@@ -1,0 +1,716 @@
+"""The echo_lab WebSocket broker: serves any :class:`~echo_lab.backends.Backend` to clients.
+
+The broker adds no storage semantics of its own: ids, retention, groups, claims and
+acknowledgements are the backend's (memory, or Redis for several brokers on one set of
+topics). Per connection it runs one reader loop, one request lane (publishes and requests,
+in order) and one task per subscription; deliveries are batched into one frame per backend
+read. Limits: token auth, a maximum frame size, error frames for bad frames (too many close
+the connection), a bounded send queue (a client that stops reading is disconnected), and a
+maximum number of subscriptions per connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+
+from ..backends import Backend, backend_from_url
+from ..backends.base import Cursor, GroupCursor
+from ..errors import GroupError
+from .protocol import PROTOCOL_VERSION, FrameError, dumps, parse_frame
+
+__all__ = ["Broker", "BrokerHandle", "add_arguments", "main", "run_from_args", "serve"]
+
+logger = logging.getLogger("echo_lab.broker")
+
+#: Entries read from the backend per deliver frame (at most; credit may make it fewer).
+DELIVER_BATCH = 512
+
+#: Default limits of a broker (override any of them as keyword arguments).
+DEFAULT_LIMITS: dict[str, Any] = {
+    "max_frame": 1 << 20,  # bytes per incoming frame; larger frames close with 1009
+    "max_send_queue": 4 << 20,  # bytes queued for one client before it is disconnected
+    "max_subscriptions": 256,  # per connection
+    "max_bad_frames": 32,  # error frames for bad input before the connection is closed
+    "max_maxlen": 1_000_000,  # retention a client may ask for, per topic
+    "default_maxlen": 100_000,
+    "auth_timeout": 10.0,  # seconds a client has to authenticate when a token is set
+    "lane_depth": 64,  # queued requests per connection before reading pauses
+}
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_POLICY = 1008
+
+
+class Broker:
+    """An asyncio WebSocket server in front of one backend.
+
+    Use :func:`serve` for a broker running in the background (notebooks, tests), or
+    ``await broker.start()`` / ``await broker.stop()`` on a loop of your own.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        owns_backend: bool = False,
+        **limits: Any,
+    ) -> None:
+        unknown = set(limits) - set(DEFAULT_LIMITS)
+        if unknown:
+            raise ValueError(f"unknown broker limit(s): {', '.join(sorted(unknown))}")
+        self.backend = backend
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.limits = {**DEFAULT_LIMITS, **limits}
+        self._owns_backend = owns_backend
+        self._server: Server | None = None
+        self._conns: set[_Conn] = set()
+        #: Counters (read any time): connections, frames, messages and disconnect reasons.
+        self.stats: dict[str, Any] = {
+            "connections": 0,
+            "open_connections": 0,
+            "frames_in": 0,
+            "published": 0,
+            "delivered": 0,
+            "bad_frames": 0,
+            "errors": 0,
+            "disconnects": {"slow_consumer": 0, "bad_frames": 0, "unauthorized": 0},
+        }
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` of the running broker."""
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"ws://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Connect the backend and start listening (``port=0`` picks a free port)."""
+        await self.backend.connect()
+        self._server = await ws_serve(
+            self._handle,
+            self.host,
+            self.port,
+            compression=None,
+            max_size=self.limits["max_frame"],
+            max_queue=64,
+            write_limit=self.limits["max_send_queue"] + (1 << 20),
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+            server_header=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("echo_lab broker on %s serving %s", self.url, self.backend.url)
+
+    async def stop(self) -> None:
+        """Close every connection, stop listening and close the backend if it owns it."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+        for conn in list(self._conns):
+            await conn.cleanup()
+        if self._owns_backend:
+            await self.backend.close()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = _Conn(self, ws)
+        self._conns.add(conn)
+        self.stats["connections"] += 1
+        self.stats["open_connections"] += 1
+        try:
+            await conn.run()
+        finally:
+            self.stats["open_connections"] -= 1
+            self._conns.discard(conn)
+            await conn.cleanup()
+
+
+class _Sub:
+    """One subscription of a connection: a fan-out cursor pushed with credit, or a group
+    cursor read on request (``pull``)."""
+
+    __slots__ = ("conn", "credit", "cursor", "group", "id", "request", "task", "waiter")
+
+    def __init__(self, conn: _Conn, sub_id: Any, cursor: Cursor | GroupCursor, credit: int):
+        self.conn = conn
+        self.id = sub_id
+        self.cursor = cursor
+        self.group = isinstance(cursor, GroupCursor)
+        self.credit = credit
+        self.request: tuple[Any, int, float | None] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        coro = self._pull_loop() if self.group else self._push_loop()
+        self.task = asyncio.get_running_loop().create_task(coro)
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def _push_loop(self) -> None:
+        conn, cursor, stats = self.conn, self.cursor, self.conn.broker.stats
+        head = b'{"op":"deliver","sub":' + orjson.dumps(self.id) + b',"entries":'
+        try:
+            while True:
+                if self.credit <= 0:
+                    await self._wait()
+                    continue
+                entries = await cursor.read(min(self.credit, DELIVER_BATCH), None)
+                if not entries:
+                    continue
+                self.credit -= len(entries)
+                stats["delivered"] += len(entries)
+                if not await conn.send_raw(head + dumps(entries) + b"}"):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the backend failed: tell the client, end the sub
+            await conn.send(_error_for(exc, sub=self.id))
+
+    async def _pull_loop(self) -> None:
+        conn, stats = self.conn, self.conn.broker.stats
+        cursor: Any = self.cursor
+        while True:
+            if self.request is None:
+                await self._wait()
+                continue
+            rid, count, timeout = self.request
+            try:
+                entries = await cursor.read(count, timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await conn.send(_error_for(exc, rid=rid, sub=self.id))
+            else:
+                stats["delivered"] += len(entries)
+                await conn.send({"op": "ok", "rid": rid, "sub": self.id, "result": entries})
+            self.request = None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        with contextlib.suppress(Exception):
+            await self.cursor.close()
+
+
+def _error_for(exc: BaseException, rid: Any = None, sub: Any = None) -> dict[str, Any]:
+    if isinstance(exc, FrameError):
+        err = exc
+    elif isinstance(exc, GroupError):
+        err = FrameError("group", str(exc))
+    elif isinstance(exc, ConnectionError | OSError | TimeoutError):
+        err = FrameError("backend", f"storage unavailable: {exc}")
+    elif isinstance(exc, ValueError | TypeError):
+        err = FrameError("bad_field", str(exc))
+    else:
+        logger.exception("internal error in the broker", exc_info=exc)
+        err = FrameError("internal", f"internal error: {type(exc).__name__}: {exc}")
+    err.rid = rid if rid is not None else err.rid
+    err.sub = sub if sub is not None else err.sub
+    return err.frame()
+
+
+class _Conn:
+    """The broker side of one client connection."""
+
+    def __init__(self, broker: Broker, ws: ServerConnection) -> None:
+        self.broker = broker
+        self.ws = ws
+        self.limits = broker.limits
+        self.subs: dict[Any, _Sub] = {}
+        self.bad = 0
+        self.authed = broker.token is None
+        self.closing = False
+        self.lane: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.limits["lane_depth"])
+        self.lane_busy = False
+        self.lane_task: asyncio.Task[None] | None = None
+
+    # -- sending ---------------------------------------------------------------------------
+    async def send(self, frame: dict[str, Any]) -> bool:
+        """Send a frame to the client; ``False`` if the connection is gone or too slow."""
+        return await self.send_raw(dumps(frame))
+
+    async def send_raw(self, data: bytes) -> bool:
+        """Send an encoded frame, unless the client's send queue is full (then drop it)."""
+        if self.closing:
+            return False
+        queued = self.ws.transport.get_write_buffer_size()
+        if queued and queued + len(data) > self.limits["max_send_queue"]:
+            self.slow()
+            return False
+        # The write limit is above max_send_queue, so this writes and returns at once.
+        try:
+            await self.ws.send(data, text=True)
+        except ConnectionClosed:
+            return False
+        return True
+
+    def slow(self) -> None:
+        """The client stopped reading: count it and drop the connection at once."""
+        if self.closing:
+            return
+        self.closing = True
+        self.broker.stats["disconnects"]["slow_consumer"] += 1
+        logger.warning("disconnecting a slow client %s: send queue full", self.ws.remote_address)
+        self.ws.transport.abort()
+
+    async def close(self, code: int, reason: str, counter: str | None = None) -> None:
+        if counter:
+            self.broker.stats["disconnects"][counter] += 1
+        self.closing = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    # -- receiving -------------------------------------------------------------------------
+    async def run(self) -> None:
+        ws = self.ws
+        if not self.authed and not await self._auth_from_request():
+            return
+        self.lane_task = asyncio.get_running_loop().create_task(self._lane())
+        stats = self.broker.stats
+        try:
+            while not self.closing:
+                if self.authed:
+                    data = await ws.recv()
+                else:
+                    try:
+                        async with asyncio.timeout(self.limits["auth_timeout"]):
+                            data = await ws.recv()
+                    except TimeoutError:
+                        await self.close(
+                            CLOSE_UNAUTHORIZED,
+                            'unauthorized: send {"op": "hello", "token": …} first',
+                            "unauthorized",
+                        )
+                        return
+                stats["frames_in"] += 1
+                await self._frame(data)
+        except ConnectionClosed:
+            pass
+
+    async def _auth_from_request(self) -> bool:
+        """Accept a token from ``?token=`` or ``Authorization: Bearer``; refuse a wrong one."""
+        request = self.ws.request
+        given = None
+        if request is not None:
+            query = parse_qs(urlsplit(request.path).query)
+            given = (query.get("token") or [None])[0]
+            auth = request.headers.get("Authorization", "")
+            if given is None and auth.startswith("Bearer "):
+                given = auth[7:]
+        if given is None:
+            return True  # may still authenticate with a hello frame
+        if self._token_ok(given):
+            self.authed = True
+            return True
+        await self.close(CLOSE_UNAUTHORIZED, "unauthorized: invalid token", "unauthorized")
+        return False
+
+    def _token_ok(self, given: Any) -> bool:
+        token = self.broker.token
+        return token is None or (
+            isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())
+        )
+
+    async def _frame(self, data: str | bytes) -> None:
+        try:
+            frame = parse_frame(data)
+        except FrameError as exc:
+            if not self.authed:
+                await self.close(
+                    CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120], "unauthorized"
+                )
+                return
+            await self._bad(exc)
+            return
+        op = frame["op"]
+        if not self.authed and op != "hello":
+            await self.close(
+                CLOSE_UNAUTHORIZED,
+                'unauthorized: this broker needs a token: send {"op": "hello", "token": …}',
+                "unauthorized",
+            )
+            return
+        inline = _INLINE.get(op)
+        if inline is not None and (
+            frame.get("sub") in self.subs or (self.lane.empty() and not self.lane_busy)
+        ):
+            await self._dispatch(inline, frame)
+        else:  # publishes and requests run in order on the lane (so do ops racing them)
+            await self.lane.put(frame)
+
+    async def _bad(self, exc: FrameError) -> None:
+        self.broker.stats["bad_frames"] += 1
+        self.bad += 1
+        await self.send(exc.frame())
+        if self.bad >= self.limits["max_bad_frames"]:
+            await self.close(
+                CLOSE_POLICY, f"too many bad frames ({self.bad}); last: {exc.code}", "bad_frames"
+            )
+
+    async def _dispatch(self, handler: Any, frame: dict[str, Any]) -> None:
+        try:
+            result = await handler(self, frame)
+        except FrameError as exc:
+            exc.rid = frame["rid"]
+            if exc.code in ("bad_field", "unknown_sub", "duplicate_sub", "limit"):
+                await self._bad(exc)
+            else:
+                await self.send(exc.frame())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.broker.stats["errors"] += 1
+            await self.send(_error_for(exc, rid=frame["rid"]))
+        else:
+            if result is not _NO_REPLY and frame["rid"] is not None:
+                await self.send({"op": "ok", "rid": frame["rid"], "result": result})
+
+    async def _lane(self) -> None:
+        lane = self.lane
+        while True:
+            frame = await lane.get()
+            self.lane_busy = True
+            try:
+                await self._dispatch(_INLINE.get(frame["op"]) or _LANE[frame["op"]], frame)
+            finally:
+                self.lane_busy = False
+
+    async def cleanup(self) -> None:
+        self.closing = True
+        if self.lane_task is not None:
+            self.lane_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.lane_task
+            self.lane_task = None
+        subs, self.subs = list(self.subs.values()), {}
+        for sub in subs:
+            await sub.close()
+
+    # -- operations ------------------------------------------------------------------------
+    def _sub(self, frame: dict[str, Any]) -> _Sub:
+        sub = self.subs.get(frame["sub"])
+        if sub is None:
+            raise FrameError("unknown_sub", f"no subscription {frame['sub']!r} on this connection")
+        return sub
+
+    async def op_hello(self, frame: dict[str, Any]) -> Any:
+        if not self._token_ok(frame["token"]):
+            await self.close(CLOSE_UNAUTHORIZED, "unauthorized: invalid token", "unauthorized")
+            return _NO_REPLY
+        self.authed = True
+        limits = self.limits
+        return {
+            "server": "echo_lab",
+            "protocol": PROTOCOL_VERSION,
+            "backend": self.broker.backend.url.partition("://")[0],
+            "limits": {
+                k: limits[k]
+                for k in ("max_frame", "max_send_queue", "max_subscriptions", "max_maxlen")
+            },
+        }
+
+    async def op_ping(self, frame: dict[str, Any]) -> Any:
+        return "pong"
+
+    async def op_publish(self, frame: dict[str, Any]) -> Any:
+        entries = frame["entries"]
+        if entries is None:
+            if frame["fields"] is not None:
+                entries = [frame["fields"]]
+            else:
+                fields = {"data": orjson.dumps(frame["data"])}
+                if frame["type"] is not None:
+                    fields["type"] = frame["type"].encode()
+                if frame["headers"]:
+                    fields["headers"] = orjson.dumps(frame["headers"])
+                entries = [fields]
+        maxlen = min(frame["maxlen"] or self.limits["default_maxlen"], self.limits["max_maxlen"])
+        ids = await self.broker.backend.append(frame["topic"], entries, maxlen)
+        self.broker.stats["published"] += len(ids)
+        return ids
+
+    async def op_subscribe(self, frame: dict[str, Any]) -> Any:
+        sub_id = frame["sub"]
+        if sub_id in self.subs:
+            raise FrameError("duplicate_sub", f"subscription {sub_id!r} exists already")
+        if len(self.subs) >= self.limits["max_subscriptions"]:
+            raise FrameError(
+                "limit", f"at most {self.limits['max_subscriptions']} subscriptions per connection"
+            )
+        backend = self.broker.backend
+        if frame["group"] is None:
+            cursor: Cursor | GroupCursor = await backend.cursor(frame["topic"], frame["start"])
+            result = {"last_id": cursor.last_id}
+        else:
+            consumer = frame["consumer"] or f"c-{uuid.uuid4().hex[:10]}"
+            cursor = await backend.group_cursor(
+                frame["topic"], frame["group"], consumer, frame["start"], frame["claim_idle"]
+            )
+            result = {"consumer": consumer}
+        sub = self.subs[sub_id] = _Sub(self, sub_id, cursor, frame["credit"])
+        if frame["rid"] is not None:
+            await self.send({"op": "ok", "rid": frame["rid"], "sub": sub_id, "result": result})
+        sub.start()
+        return _NO_REPLY
+
+    async def op_credit(self, frame: dict[str, Any]) -> Any:
+        sub = self._sub(frame)
+        if sub.group:
+            raise FrameError("bad_field", "credit: group subscriptions are read with 'pull'")
+        sub.credit = min(sub.credit + frame["n"], 1 << 30)
+        sub.wake()
+        return _NO_REPLY
+
+    async def op_pull(self, frame: dict[str, Any]) -> Any:
+        sub = self._sub(frame)
+        if not sub.group:
+            raise FrameError("bad_field", "pull: only group subscriptions are pulled; use credit")
+        if sub.request is not None:
+            raise FrameError("bad_field", "pull: one pull at a time per subscription")
+        sub.request = (frame["rid"], frame["count"], frame["timeout"])
+        sub.wake()
+        return _NO_REPLY
+
+    async def op_ack(self, frame: dict[str, Any]) -> Any:
+        if frame["sub"] is not None:
+            sub = self._sub(frame)
+            if not sub.group:
+                raise FrameError("bad_field", "ack: not a group subscription")
+            cursor: Any = sub.cursor
+            await cursor.ack(frame["ids"])
+            return len(frame["ids"])
+        return await self.broker.backend.ack(frame["topic"], frame["group"], frame["ids"])
+
+    async def op_unsubscribe(self, frame: dict[str, Any]) -> Any:
+        sub = self.subs.pop(frame["sub"], None)
+        if sub is not None:
+            await sub.close()
+        return sub is not None
+
+    async def op_history(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.range(
+            frame["topic"], frame["start"], frame["end"], frame["count"]
+        )
+
+    async def op_topics(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.topics()
+
+    async def op_info(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.info(frame["topic"])
+
+    async def op_groups(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.groups(frame["topic"])
+
+    async def op_pending(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.pending(frame["topic"], frame["group"])
+
+    async def op_claim(self, frame: dict[str, Any]) -> Any:
+        return await self.broker.backend.claim(
+            frame["topic"], frame["group"], frame["consumer"], frame["ids"]
+        )
+
+    async def op_delete(self, frame: dict[str, Any]) -> Any:
+        await self.broker.backend.delete(frame["topic"])
+        return True
+
+
+_NO_REPLY = object()
+
+#: Operations handled as soon as they are read (control of existing subscriptions).
+_INLINE = {
+    "hello": _Conn.op_hello,
+    "ping": _Conn.op_ping,
+    "credit": _Conn.op_credit,
+    "pull": _Conn.op_pull,
+    "ack": _Conn.op_ack,
+    "unsubscribe": _Conn.op_unsubscribe,
+}
+#: Operations run in order on the connection's request lane.
+_LANE = {
+    "publish": _Conn.op_publish,
+    "subscribe": _Conn.op_subscribe,
+    "history": _Conn.op_history,
+    "topics": _Conn.op_topics,
+    "info": _Conn.op_info,
+    "groups": _Conn.op_groups,
+    "pending": _Conn.op_pending,
+    "claim": _Conn.op_claim,
+    "delete": _Conn.op_delete,
+}
+
+
+# -- running in the background ----------------------------------------------------------------
+class BrokerHandle:
+    """A broker running on its own event loop in a daemon thread (see :func:`serve`)."""
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, thread: threading.Thread):
+        self.broker = broker
+        self._loop = loop
+        self._thread = thread
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` to give to :func:`echo_lab.connect` or a browser."""
+        return self.broker.url
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The broker's counters (connections, messages, disconnect reasons)."""
+        return self.broker.stats
+
+    def stop(self) -> None:
+        """Stop the broker and its thread (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.broker.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> BrokerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<echo_lab broker {self.url} serving {self.broker.backend.url} {state}>"
+
+
+def _make_backend(redis: str | None, backend: Backend | str | None) -> tuple[Backend, bool]:
+    if redis and backend is not None:
+        raise ValueError("give either redis= or backend=, not both")
+    if redis:
+        return backend_from_url(redis), True
+    if backend is None:
+        return backend_from_url("memory://"), True
+    if isinstance(backend, str):
+        return backend_from_url(backend), True
+    return backend, False
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    redis: str | None = None,
+    *,
+    backend: Backend | str | None = None,
+    **limits: Any,
+) -> BrokerHandle:
+    """Start a broker in the background and return its handle (``.url``, ``.stop()``).
+
+    Args:
+        host: interface to bind (``127.0.0.1`` unless you mean to expose it).
+        port: TCP port (``0``: a free one; read ``handle.url``).
+        token: if set, clients must present it (``?token=``, ``Authorization: Bearer`` or a
+            ``hello`` frame).
+        redis: keep the topics in Redis Streams at this URL, so several brokers serve them.
+        backend: another backend (URL or instance) instead; default ``memory://`` (shared
+            with ``echo_lab.connect("memory://")`` in this process).
+        **limits: override :data:`DEFAULT_LIMITS`.
+    """
+    store, owned = _make_backend(redis, backend)
+    broker = Broker(store, host=host, port=port, token=token, owns_backend=owned, **limits)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"echo-lab-broker:{port}", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(broker.start(), loop).result(30)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(broker.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        raise
+    return BrokerHandle(broker, loop, thread)
+
+
+# -- command line -----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``serve``'s options to a parser (``echo-lab serve`` uses this)."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    parser.add_argument("--token", default=None, help="require this token from clients")
+    parser.add_argument("--redis", default=None, help="keep topics in Redis at this URL")
+    parser.add_argument("--url", dest="backend", default=None, help="backend URL to serve")
+    parser.add_argument("--max-frame", type=int, default=DEFAULT_LIMITS["max_frame"])
+    parser.add_argument("--max-send-queue", type=int, default=DEFAULT_LIMITS["max_send_queue"])
+    parser.add_argument(
+        "--max-subscriptions", type=int, default=DEFAULT_LIMITS["max_subscriptions"]
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run a broker in the foreground until SIGINT/SIGTERM (parsed ``serve`` options)."""
+    store, owned = _make_backend(args.redis, args.backend)
+    broker = Broker(
+        store,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        owns_backend=owned,
+        max_frame=args.max_frame,
+        max_send_queue=args.max_send_queue,
+        max_subscriptions=args.max_subscriptions,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await broker.start()
+        print(f"echo_lab broker listening on {broker.url} (backend {store.url})", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await broker.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``echo-lab serve [--host H] [--port P] [--token T] [--redis URL]``."""
+    parser = argparse.ArgumentParser(prog="echo-lab serve", description="echo_lab broker")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
