@@ -147,7 +147,7 @@ class _Store:
             ids = [f"{ms}-{s}" for s in range(seq, seq + n)]
             log.keys += [(ms, s) for s in range(seq, seq + n)]
             # a list, not an iterator: list.extend(iterator) reallocates to fit every time
-            log.entries += list(zip(ids, entries[:n] if n < len(entries) else entries))
+            log.entries += list(zip(ids, entries[:n], strict=True))
         self.wake_readers(topic)
         return ids
 
@@ -217,9 +217,12 @@ class MemoryBackend(Backend):
         ids: list[str] = []
         with store.lock:
             while True:
-                ids += store.append_now(topic, entries[len(ids) :], maxlen)
+                added = store.append_now(topic, entries[len(ids) :], maxlen)
+                ids += added
                 if len(ids) == len(entries):
                     return ids
+                if added:  # progress (a batch longer than maxlen): try again at once
+                    continue
                 store.sync_space_waiting += 1
                 try:
                     store.space.wait(0.5)
