@@ -1,0 +1,473 @@
+"""``stream.monitor()``: a live per-topic traffic table.
+
+One raw fan-out cursor per topic runs on the runtime loop and only bumps counters (messages,
+bytes, last seen) and keeps references to the newest few raw entries: nothing is decoded on
+the message path. A :class:`~echo_lab.widgets._refresh.Ticker` redraws from the counters at
+most ~10 times a second, and decodes only the handful of entries shown for the chosen topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+import orjson
+
+from ..codec import decode
+from ..errors import DecodeError
+from ..ids import Position, parse_start
+from ..message import Envelope
+from ._refresh import (
+    Ticker,
+    esc,
+    fmt_age,
+    fmt_bytes,
+    fmt_count,
+    fmt_id_time,
+    fmt_rate,
+    sparkline_svg,
+)
+from ._style import style_widget
+
+if TYPE_CHECKING:
+    from ..backends.base import Cursor, RawEntry
+    from ..stream import Stream
+
+__all__ = ["Monitor", "TopicStats"]
+
+logger = logging.getLogger("echo_lab")
+
+_READ_BATCH = 512
+_SPARK_POINTS = 60
+
+
+@dataclass
+class TopicStats:
+    """Counters of one topic, bumped by the monitor's reader (read them any time)."""
+
+    topic: str
+    messages: int = 0  #: messages seen since the monitor started
+    bytes: int = 0  #: bytes of their stored field values
+    last_seen: float | None = None  #: wall-clock time (epoch s) the newest one was read
+    last_id: str | None = None  #: id of the newest one
+    newest: list[RawEntry] = field(default_factory=list)  #: the newest raw entries
+    samples: collections.deque[tuple[float, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=1024)
+    )
+    spark: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=_SPARK_POINTS)
+    )
+
+    def rate(self, window: float, now: float) -> float:
+        """Messages per second over the last ``window`` seconds (from the samples)."""
+        samples = self.samples
+        if not samples:
+            return 0.0
+        t_old, m_old = samples[0]
+        for t, m in samples:
+            if now - t <= window:
+                t_old, m_old = t, m
+                break
+        span = now - t_old
+        return (self.messages - m_old) / span if span > 0 else 0.0
+
+
+def _size(batch: Sequence[RawEntry]) -> int:
+    return sum([len(v) for entry in batch for v in entry[1].values()])
+
+
+class Monitor(widgets.VBox):
+    """A live per-topic traffic view of a stream (``stream.monitor()``).
+
+    Each row shows a topic's messages, rate (msg/s over ``rate_window`` seconds), bytes,
+    last seen and a sparkline of the rate; pick a topic to see its newest messages. New
+    topics appear by themselves (polled every ``discover`` seconds). Pause freezes the view
+    (counting goes on); the form publishes a JSON body to a topic.
+
+    Args:
+        stream: the stream to watch.
+        start: where existing topics are counted from: ``"$"`` (new messages, default) or
+            ``"0"`` (everything retained). Topics created later are counted from their start.
+        interval: seconds between redraws (at least 0.1: at most 10 redraws a second).
+        rate_window: seconds of the sliding window of the rate.
+        discover: seconds between looks for new topics.
+        newest: how many of the chosen topic's newest messages are shown.
+        topics: only watch topics matching this glob (e.g. ``"sensors*"``); default all.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        start: Position = "$",
+        interval: float = 0.25,
+        rate_window: float = 5.0,
+        discover: float = 1.0,
+        newest: int = 8,
+        topics: str | None = None,
+    ) -> None:
+        parse_start(start)
+        self.stream = stream
+        self.start = start
+        self.rate_window = float(rate_window)
+        self.discover = float(discover)
+        self.keep = int(newest)
+        self.pattern = topics
+        self.stats: dict[str, TopicStats] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._started = time.monotonic()
+        self._spark_at = 0.0
+        self._drawing = False
+
+        self.title = widgets.HTML(
+            f'<span class="echo-title">echo_lab monitor</span> '
+            f'<span class="echo-sub">{esc(stream.backend.url)}</span>'
+        )
+        self.total = widgets.HTML()
+        self.total.add_class("echo-monitor-total")
+        self.filter = widgets.Text(
+            placeholder="filter topics", layout=widgets.Layout(width="180px")
+        )
+        self.filter.add_class("echo-monitor-filter")
+        self.pause = widgets.ToggleButton(
+            value=False, description="Pause", icon="pause", layout=widgets.Layout(width="96px")
+        )
+        self.pause.add_class("echo-monitor-pause")
+        self.table = widgets.HTML()
+        self.table.add_class("echo-monitor-table")
+        self.topic = widgets.Dropdown(
+            options=[], description="newest of", layout=widgets.Layout(width="300px")
+        )
+        self.topic.add_class("echo-monitor-topic")
+        self.messages = widgets.HTML()
+        self.messages.add_class("echo-monitor-newest")
+        self.pub_topic = widgets.Text(placeholder="topic", layout=widgets.Layout(width="160px"))
+        self.pub_body = widgets.Text(
+            placeholder='{"temp": 21.5}', layout=widgets.Layout(flex="1 1 auto", width="auto")
+        )
+        self.pub_button = widgets.Button(
+            description="Publish", icon="paper-plane", layout=widgets.Layout(width="100px")
+        )
+        self.pub_status = widgets.HTML()
+        for w, cls in (
+            (self.pub_topic, "echo-monitor-pub-topic"),
+            (self.pub_body, "echo-monitor-pub-body"),
+            (self.pub_button, "echo-monitor-pub-button"),
+            (self.pub_status, "echo-monitor-pub-status"),
+        ):
+            w.add_class(cls)
+        self.pub_button.on_click(lambda _: self.publish_form())
+        self.pause.observe(self._on_pause, "value")
+        self.filter.observe(lambda _: self._redraw(), "value")
+        self.topic.observe(lambda _: self._redraw(), "value")
+
+        header = widgets.HBox(
+            [self.title, widgets.HBox([self.total], layout=widgets.Layout(flex="1 1 auto"))],
+            layout=widgets.Layout(align_items="center", justify_content="space-between"),
+        )
+        controls = widgets.HBox([self.filter, self.pause])
+        pub = widgets.HBox(
+            [self.pub_topic, self.pub_body, self.pub_button],
+            layout=widgets.Layout(width="100%"),
+        )
+        super().__init__(
+            [
+                style_widget(),
+                widgets.HBox(
+                    [header, controls],
+                    layout=widgets.Layout(justify_content="space-between", align_items="center"),
+                ),
+                self.table,
+                self.topic,
+                self.messages,
+                pub,
+                self.pub_status,
+            ],
+            layout=widgets.Layout(padding="4px 6px", width="100%"),
+        )
+        self.add_class("echo-w")
+        self.add_class("echo-monitor")
+
+        stream.runtime.run(self._astart())
+        self.ticker = Ticker(stream.runtime, self._tick, interval)
+        self.ticker.start()
+
+    # -- background: readers and discovery (runtime loop) ----------------------------------
+    async def _astart(self) -> None:
+        for topic in await self.stream.backend.topics():
+            if self._wanted(topic):
+                await self._watch(topic, self.start)
+        self._tasks["<discover>"] = asyncio.create_task(self._discover_loop())
+
+    def _wanted(self, topic: str) -> bool:
+        return self.pattern is None or fnmatch.fnmatchcase(topic, self.pattern)
+
+    async def _watch(self, topic: str, start: Position) -> None:
+        cursor = await self.stream.backend.cursor(topic, start)
+        self.stats[topic] = TopicStats(topic)
+        self._tasks[topic] = asyncio.create_task(self._read(cursor, self.stats[topic]))
+
+    async def _read(self, cursor: Cursor, st: TopicStats) -> None:
+        keep, delay = self.keep, 0.1
+        try:
+            while not self._stopping:
+                try:
+                    batch = await cursor.read(_READ_BATCH, None)
+                    delay = 0.1
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    logger.debug("monitor: reading %s failed: %s", st.topic, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if not batch:
+                    if self.stream._closed:
+                        return
+                    continue
+                st.messages += len(batch)
+                st.bytes += _size(batch)
+                st.last_seen = time.time()
+                st.last_id = batch[-1][0]
+                if len(batch) >= keep:
+                    st.newest = list(batch[-keep:])
+                else:
+                    st.newest = (st.newest + list(batch))[-keep:]
+        finally:
+            await cursor.close()
+
+    async def _discover_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.discover)
+            if self.stream._closed:
+                return
+            try:
+                names = await self.stream.backend.topics()
+            except (ConnectionError, OSError, TimeoutError):
+                continue
+            for topic in names:
+                if topic not in self.stats and self._wanted(topic):
+                    await self._watch(topic, "0")  # new since we started: count it all
+
+    # -- state (any thread) ---------------------------------------------------------------
+    def rows(self, *, filtered: bool = True) -> list[dict[str, Any]]:
+        """One dict per topic: ``topic, messages, rate, bytes, last_seen, last_id`` (sorted
+        by topic; only those matching the filter box unless ``filtered=False``)."""
+        now_m, now_w = time.monotonic(), time.time()
+        out = []
+        for name in sorted(self.stats):
+            if filtered and not self._matches(name):
+                continue
+            st = self.stats[name]
+            out.append(
+                {
+                    "topic": name,
+                    "messages": st.messages,
+                    "rate": st.rate(self.rate_window, now_m),
+                    "bytes": st.bytes,
+                    "last_seen": None if st.last_seen is None else now_w - st.last_seen,
+                    "last_id": st.last_id,
+                    "spark": list(st.spark),
+                }
+            )
+        return out
+
+    def _matches(self, topic: str) -> bool:
+        text = self.filter.value.strip()
+        if not text:
+            return True
+        if any(c in text for c in "*?["):
+            return fnmatch.fnmatchcase(topic, text)
+        return text.lower() in topic.lower()
+
+    def newest(self, topic: str | None = None) -> list[Envelope]:
+        """The newest messages of ``topic`` (default: the chosen one), newest first."""
+        name = topic if topic is not None else self.topic.value
+        st = self.stats.get(name) if name else None
+        if st is None:
+            return []
+        out = []
+        for id_, fields in reversed(st.newest):
+            try:
+                out.append(decode(name, id_, fields))
+            except DecodeError:
+                continue
+        return out
+
+    @property
+    def paused(self) -> bool:
+        """True while the view is frozen."""
+        return self.pause.value
+
+    # -- drawing ----------------------------------------------------------------------------
+    def _on_pause(self, change: dict[str, Any]) -> None:
+        self.pause.description = "Resume" if change["new"] else "Pause"
+        self.pause.icon = "play" if change["new"] else "pause"
+        if not change["new"]:
+            self._redraw()
+
+    def _tick(self) -> None:
+        if self.stream._closed:
+            self._stopping = True
+            self.ticker.stop()
+            return
+        now = time.monotonic()
+        for st in list(self.stats.values()):
+            st.samples.append((now, st.messages))
+            while len(st.samples) > 2 and now - st.samples[1][0] > self.rate_window:
+                st.samples.popleft()
+        if now - self._spark_at >= 1.0:
+            self._spark_at = now
+            for st in list(self.stats.values()):
+                st.spark.append(st.rate(min(self.rate_window, 1.0), now))
+        if not self.pause.value:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        if self._drawing:
+            return
+        self._drawing = True
+        try:
+            self._draw()
+        finally:
+            self._drawing = False
+
+    def _draw(self) -> None:
+        rows = self.rows()
+        names = sorted(self.stats)
+        if list(self.topic.options) != names:
+            current = self.topic.value
+            self.topic.options = names
+            if current in names:
+                self.topic.value = current
+            elif names and current is None:
+                busiest = max(names, key=lambda n: self.stats[n].messages)
+                self.topic.value = busiest
+        total = sum(st.messages for st in self.stats.values())
+        rate = sum(r["rate"] for r in self.rows(filtered=False))
+        self.total.value = (
+            f'<span class="echo-kpi"><b class="echo-monitor-total-count">{fmt_count(total)}</b>'
+            f' messages · <b class="echo-monitor-total-rate">{fmt_rate(rate)}</b> msg/s · '
+            f"{len(names)} topics</span>"
+        )
+        self.table.value = self._table_html(rows)
+        self.messages.value = self._newest_html()
+
+    def _table_html(self, rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            text = "no topics yet" if not self.stats else "no topic matches the filter"
+            return f'<div class="echo-empty">{text}</div>'
+        chosen = self.topic.value
+        head = (
+            "<tr><th>topic</th><th class='num'>messages</th><th class='num'>msg/s</th>"
+            "<th class='num'>bytes</th><th>last seen</th><th>rate, last minute</th></tr>"
+        )
+        body = []
+        for r in rows:
+            classes = []
+            if r["topic"] == chosen:
+                classes.append("echo-selected")
+            if r["topic"].endswith(".dead"):
+                classes.append("echo-dead")
+            body.append(
+                f'<tr class="{" ".join(classes)}" data-topic="{esc(r["topic"])}">'
+                f'<td class="echo-topic">{esc(r["topic"])}</td>'
+                f'<td class="num echo-count">{fmt_count(r["messages"])}</td>'
+                f'<td class="num echo-rate">{fmt_rate(r["rate"])}</td>'
+                f'<td class="num echo-bytes">{fmt_bytes(r["bytes"])}</td>'
+                f'<td class="echo-age">{fmt_age(r["last_seen"])}</td>'
+                f"<td>{sparkline_svg(r['spark'])}</td></tr>"
+            )
+        return f'<table class="echo-table">{head}{"".join(body)}</table>'
+
+    def _newest_html(self) -> str:
+        envs = self.newest()
+        if not envs:
+            return '<div class="echo-empty">no messages yet</div>'
+        keys: list[str] = []
+        for env in envs:
+            data = env.data if isinstance(env.data, dict) else _as_dict(env.data)
+            for k in data:
+                if k not in keys and len(keys) < 8:
+                    keys.append(k)
+        head = "<tr><th>id</th><th>time (UTC)</th>" + "".join(f"<th>{esc(k)}</th>" for k in keys)
+        head += "</tr>"
+        body = []
+        for env in envs:
+            data = env.data if isinstance(env.data, dict) else _as_dict(env.data)
+            cells = "".join(f"<td>{esc(_short(data.get(k, '')))}</td>" for k in keys)
+            body.append(
+                f'<tr><td class="echo-mono">{esc(env.id)}</td>'
+                f"<td>{fmt_id_time(env.id)}</td>{cells}</tr>"
+            )
+        return f'<table class="echo-table echo-newest">{head}{"".join(body)}</table>'
+
+    def refresh(self) -> None:
+        """Take a sample and redraw now (the timer does this by itself)."""
+        self.stream.runtime.run(_call(self._tick))
+
+    # -- publish form -------------------------------------------------------------------------
+    def publish_form(self) -> str | None:
+        """Publish the form's JSON body to its topic (what the Publish button does);
+        return the new id, or None after showing what is wrong."""
+        topic = self.pub_topic.value.strip()
+        if not topic:
+            return self._status("give a topic", ok=False)
+        try:
+            body = orjson.loads(self.pub_body.value or "{}")
+        except orjson.JSONDecodeError as exc:
+            return self._status(f"body is not JSON: {exc}", ok=False)
+        if not isinstance(body, dict):
+            return self._status("body must be a JSON object", ok=False)
+        try:
+            id_ = self.stream.publish(topic, body)
+        except Exception as exc:
+            return self._status(f"{type(exc).__name__}: {exc}", ok=False)
+        self._status(f"published {id_} to {topic}", ok=True)
+        return id_
+
+    def _status(self, text: str, *, ok: bool) -> None:
+        cls = "echo-status-ok" if ok else "echo-status-err"
+        self.pub_status.value = f'<span class="{cls}">{esc(text)}</span>'
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the readers and the timer (the widget stays, frozen)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.ticker.stop()
+        if not self.stream._closed:
+            self.stream.runtime.run(self._astop())
+
+    async def _astop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop and close the widget."""
+        self.stop()
+        super().close()
+
+
+async def _call(fn: Any) -> None:
+    fn()
+
+
+def _as_dict(data: Any) -> dict[str, Any]:
+    if hasattr(data, "__dataclass_fields__"):
+        return {k: getattr(data, k) for k in data.__dataclass_fields__}
+    return {"value": data}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
