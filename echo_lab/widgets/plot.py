@@ -86,7 +86,7 @@ class LivePlot(widgets.VBox):
         self.y_scale = bqplot.LinearScale()
         x_axis = bqplot.Axis(scale=self.x_scale, label="time (UTC)", tick_format="%H:%M:%S")
         y_axis = bqplot.Axis(
-            scale=self.y_scale, orientation="vertical", label=field, label_offset="45px"
+            scale=self.y_scale, side="left", label=field, label_offset="45px"
         )
         self.figure = bqplot.Figure(
             marks=[],

@@ -1,0 +1,228 @@
+"""The widgets' state after known traffic, on every backend (memory, Redis, WebSocket):
+the monitor's counts, bytes, rates and newest messages, the live plot's lines, and the
+explorer's buttons acting on the real backend. The browser tests are in
+test_widgets_browser.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import orjson
+
+import echo_lab as el
+from echo_lab.widgets import Explorer, LivePlot, Monitor
+
+from .helpers import wait_until
+
+
+def _row(monitor: Monitor, topic: str) -> dict:
+    return next((r for r in monitor.rows(filtered=False) if r["topic"] == topic), {})
+
+
+def test_monitor_counts_bytes_rates_newest_and_new_topics(stream: el.Stream, topic: str) -> None:
+    stream.publish(topic, {"n": -1})  # the topic exists before: counted from "$"
+    monitor = stream.monitor(interval=0.1, discover=0.2)
+    try:
+        assert isinstance(monitor, Monitor)
+        rows = [{"n": i, "sensor": f"s{i % 3}"} for i in range(50)]
+        stream.publish_many(topic, rows)
+        assert wait_until(lambda: _row(monitor, topic).get("messages") == 50, 10)
+        row = _row(monitor, topic)
+        assert row["bytes"] == sum(len(orjson.dumps(r)) for r in rows)
+        assert row["last_id"] is not None and row["last_seen"] is not None
+        monitor.refresh()
+        assert _row(monitor, topic)["rate"] > 0
+        # the newest messages of the chosen topic, newest first, decoded only when shown
+        assert [e.data["n"] for e in monitor.newest(topic)] == list(range(49, 41, -1))
+        # a topic created later appears by itself, counted from its first message
+        other = f"o-{uuid.uuid4().hex[:8]}"
+        for i in range(3):
+            stream.publish(other, {"i": i})
+        assert wait_until(lambda: _row(monitor, other).get("messages") == 3, 10)
+        monitor.refresh()
+        assert f'data-topic="{other}"' in monitor.table.value
+        assert other in monitor.topic.options
+        assert "53" in monitor.total.value  # 50 + 3 since the monitor started
+        # the filter box narrows the table
+        monitor.filter.value = other
+        assert [r["topic"] for r in monitor.rows()] == [other]
+        monitor.refresh()
+        assert f'data-topic="{topic}"' not in monitor.table.value
+        # choosing a topic shows its newest messages
+        monitor.topic.value = other
+        monitor.refresh()
+        assert "<th>i</th>" in monitor.messages.value
+    finally:
+        monitor.close()
+    assert not monitor.ticker.running
+
+
+def test_monitor_pause_and_publish_form(stream: el.Stream, topic: str) -> None:
+    stream.publish(topic, {"x": 0})
+    monitor = stream.monitor(interval=0.1)
+    try:
+        monitor.pause.value = True
+        assert monitor.paused and monitor.pause.description == "Resume"
+        frozen = monitor.table.value
+        stream.publish_many(topic, [{"x": i} for i in range(1, 6)])
+        assert wait_until(lambda: _row(monitor, topic).get("messages") == 5, 10)
+        monitor.refresh()
+        assert monitor.table.value == frozen  # the view is frozen, the counting goes on
+        monitor.pause.value = False
+        assert wait_until(lambda: '<td class="num echo-count">5</td>' in monitor.table.value, 10)
+
+        # the publish form publishes a JSON body to the real backend
+        monitor.pub_topic.value = topic
+        monitor.pub_body.value = '{"x": 42, "note": "from the form"}'
+        monitor.pub_button.click()
+        assert "published" in monitor.pub_status.value
+        last = stream.history(topic)[-1]
+        assert last.data == {"x": 42, "note": "from the form"}
+        assert wait_until(lambda: _row(monitor, topic).get("messages") == 6, 10)
+        monitor.pub_body.value = '{"x": '
+        monitor.pub_button.click()
+        assert "not JSON" in monitor.pub_status.value
+        monitor.pub_body.value = "[1, 2]"
+        assert monitor.publish_form() is None
+        assert "JSON object" in monitor.pub_status.value
+        assert len(stream.history(topic)) == 7
+    finally:
+        monitor.close()
+
+
+def test_monitor_start_zero_counts_retained_history(stream: el.Stream, topic: str) -> None:
+    stream.publish_many(topic, [{"v": i} for i in range(20)])
+    monitor = stream.monitor(start="0", interval=0.1, topics=f"{topic}*")
+    try:
+        assert wait_until(lambda: _row(monitor, topic).get("messages") == 20, 10)
+        assert [r["topic"] for r in monitor.rows()] == [topic]
+    finally:
+        monitor.close()
+
+
+def _plot(cap: el.Capture, field: str, **kw: object) -> LivePlot:
+    plot = getattr(cap, "plot", None)
+    if plot is not None:
+        return plot(field, **kw)
+    return LivePlot(cap, field, **kw)  # before Capture.plot exists
+
+
+def test_live_plot_one_line_per_key(stream: el.Stream, topic: str) -> None:
+    cap = stream.capture(topic)
+    plot = _plot(cap, "temp", by="sensor", window=600, interval=0.1)
+    try:
+        assert isinstance(plot, LivePlot)
+        rows = [{"sensor": f"s{i % 3}", "temp": 20 + i} for i in range(30)]
+        stream.publish_many(topic, rows)
+        stream.publish(topic, {"sensor": "s0", "temp": "n/a"})  # not numeric: skipped
+        assert wait_until(lambda: sum(len(v[1]) for v in plot.data().values()) == 30, 10)
+        data = plot.data()
+        assert sorted(data) == ["s0", "s1", "s2"]
+        assert list(data["s1"][1]) == [20 + i for i in range(1, 30, 3)]
+        assert sorted(line.labels[0] for line in plot.figure.marks) == ["s0", "s1", "s2"]
+        line = plot.lines["s2"]
+        assert list(line.y) == [20 + i for i in range(2, 30, 3)]
+        assert plot.skipped == 1
+        assert '<b class="echo-plot-lines">3</b>' in plot.status.value
+        before = plot.points
+        stream.publish(topic, {"sensor": "s3", "temp": 99.5})
+        assert wait_until(lambda: plot.points == before + 1, 10)
+        assert list(plot.lines["s3"].y) == [99.5]
+        assert plot.x_scale.max is not None and plot.x_scale.min is not None
+    finally:
+        plot.close()
+        cap.stop()
+
+
+def test_live_plot_single_line_and_window(stream: el.Stream, topic: str) -> None:
+    cap = stream.capture(topic, start="0")
+    stream.publish_many(topic, [{"load": {"cpu": i / 10}} for i in range(10)])
+    plot = _plot(cap, "load.cpu", window=600, interval=0.1)
+    try:
+        assert wait_until(lambda: plot.points == 10, 10)
+        assert list(plot.data()) == ["load.cpu"]
+        assert not plot.lines["load.cpu"].display_legend
+    finally:
+        plot.close()
+        cap.stop()
+
+
+def _group_read(stream: el.Stream, topic: str, group: str, consumer: str, n: int) -> Callable:
+    """Read ``n`` entries as a group member without acknowledging them; return a closer."""
+    run = stream.runtime.run
+    cursor = run(stream.backend.group_cursor(topic, group, consumer, "0", 30.0))
+    got: list = []
+    while len(got) < n:
+        batch = run(cursor.read(n - len(got), 5.0))
+        assert batch, "the group read timed out"
+        got += batch
+    return lambda: run(cursor.close())
+
+
+def test_explorer_pending_ack_and_claim(stream: el.Stream, topic: str) -> None:
+    ids = stream.publish_many(topic, [{"job": i} for i in range(5)])
+    close_cursor = _group_read(stream, topic, "workers", "alice", 5)
+    explorer = stream.explore(interval=0.2)
+    try:
+        assert isinstance(explorer, Explorer)
+        explorer.select(topic, "workers")
+        info = next(i for i in explorer.topic_rows if i["topic"] == topic)
+        assert info["length"] == 5 and info["first_id"] == ids[0] and info["last_id"] == ids[-1]
+        (group,) = explorer.group_rows
+        assert group["name"] == "workers" and group["pending"] == 5
+        assert [p["id"] for p in explorer.pending_rows] == ids
+        assert {p["consumer"] for p in explorer.pending_rows} == {"alice"}
+        assert len(explorer.pending.options) == 5
+        assert "workers" in explorer.groups_html.value
+
+        explorer.pending.value = (ids[0],)
+        explorer.ack_button.click()
+        assert "acknowledged 1 of 1" in explorer.status.value
+        assert [p["id"] for p in stream.pending(topic, "workers")] == ids[1:]
+        assert [p["id"] for p in explorer.pending_rows] == ids[1:]
+
+        explorer.pending.value = (ids[1], ids[2])
+        explorer.claim_to.value = "bob"
+        explorer.claim_button.click()
+        assert "claimed 2 of 2 to bob" in explorer.status.value
+        owners = {p["id"]: p["consumer"] for p in stream.pending(topic, "workers")}
+        assert owners == {ids[1]: "bob", ids[2]: "bob", ids[3]: "alice", ids[4]: "alice"}
+
+        explorer.pending.value = ()
+        explorer.ack_button.click()  # nothing selected: says so, does nothing
+        assert "select pending entries first" in explorer.status.value
+        assert len(stream.pending(topic, "workers")) == 4
+    finally:
+        explorer.close()
+        close_cursor()
+
+
+def test_explorer_replays_a_dead_letter(stream: el.Stream, topic: str) -> None:
+    def fail(env: el.Envelope) -> None:
+        raise RuntimeError("boom")
+
+    sub = stream.on(topic, fail, max_deliveries=1)
+    source_id = stream.publish(topic, {"order": 7})
+    assert wait_until(lambda: len(stream.history(f"{topic}.dead")) == 1, 10)
+    sub.stop()
+    explorer = stream.explore(interval=0.2)
+    try:
+        explorer.select(topic)
+        (dead,) = explorer.dead_rows
+        assert dead["source_id"] == source_id and "boom" in dead["error"]
+        assert len(explorer.dead.options) == 1
+        row = next(i for i in explorer.topic_rows if i["topic"] == topic)
+        assert row["length"] == 1
+        assert f'data-topic="{topic}.dead"' in explorer.topics_html.value
+
+        explorer.dead.value = (dead["id"],)
+        explorer.replay_button.click()
+        assert "replayed 1" in explorer.status.value
+        history = stream.history(topic)
+        assert len(history) == 2
+        assert history[-1].data == {"order": 7}
+        assert not history[-1].headers  # the dead-letter details are gone
+        assert len(stream.history(f"{topic}.dead")) == 1  # the letter stays, for the record
+    finally:
+        explorer.close()
