@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "memory": "memory_url",
     "redis": "redis_url",
     "ws-memory": "ws_memory_url",
+    "ws-redis": "ws_redis_url",
 }
 
 

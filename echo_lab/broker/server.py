@@ -187,8 +187,8 @@ class _Sub:
                     await self._wait()
                     continue
                 entries = await cursor.read(min(self.credit, DELIVER_BATCH), None)
-                if not entries:
-                    continue
+                if not entries:  # read(None) returns nothing only once the cursor closed
+                    return
                 self.credit -= len(entries)
                 stats["delivered"] += len(entries)
                 if not await conn.send_raw(head + dumps(entries) + b"}"):
@@ -220,8 +220,8 @@ class _Sub:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+            # Do not hang on a backend read that is slow to honour the cancellation.
+            await asyncio.wait({self.task}, timeout=1.0)
         with contextlib.suppress(Exception):
             await self.cursor.close()
 
