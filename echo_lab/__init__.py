@@ -14,10 +14,12 @@ from .backends import Backend, backend_from_url
 from .consumer import Consumer, ConsumerStats, Subscription
 from .errors import BackendConnectionError, DecodeError, EchoLabError, EncodeError, GroupError
 from .message import Envelope, Message
+from .replay import Replay, replay
 from .stream import DEFAULT_MAXLEN, Producer, Stream
 
 if TYPE_CHECKING:
-    from .capture import Capture
+    from . import sensors
+    from .capture import Capture, load
 
 __all__ = [
     "Backend",
@@ -32,9 +34,13 @@ __all__ = [
     "GroupError",
     "Message",
     "Producer",
+    "Replay",
     "Stream",
     "Subscription",
     "connect",
+    "load",
+    "replay",
+    "sensors",
 ]
 
 __version__ = "0.1.0"
@@ -72,4 +78,12 @@ def __getattr__(name: str) -> Any:
         from .capture import Capture
 
         return Capture
+    if name == "load":  # the analysis layer imports pandas: only when first used
+        from .capture import load
+
+        return load
+    if name == "sensors":
+        import importlib
+
+        return importlib.import_module(".sensors", __name__)
     raise AttributeError(f"module 'echo_lab' has no attribute {name!r}")
