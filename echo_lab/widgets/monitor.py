@@ -12,6 +12,7 @@ import asyncio
 import collections
 import fnmatch
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ class Monitor(widgets.VBox):
         self._stopping = False
         self._started = time.monotonic()
         self._spark_at = 0.0
-        self._drawing = False
+        self._drawing: int | None = None  # the thread drawing now
+        self._auto_topic = True
 
         self.title = widgets.HTML(
             f'<span class="echo-title">echo_lab monitor</span> '
@@ -167,7 +169,7 @@ class Monitor(widgets.VBox):
         self.pub_button.on_click(lambda _: self.publish_form())
         self.pause.observe(self._on_pause, "value")
         self.filter.observe(lambda _: self._redraw(), "value")
-        self.topic.observe(lambda _: self._redraw(), "value")
+        self.topic.observe(self._on_topic, "value")
 
         header = widgets.HBox(
             [self.title, widgets.HBox([self.total], layout=widgets.Layout(flex="1 1 auto"))],
@@ -306,6 +308,11 @@ class Monitor(widgets.VBox):
         return self.pause.value
 
     # -- drawing ----------------------------------------------------------------------------
+    def _on_topic(self, _: Any) -> None:
+        if self._drawing != threading.get_ident():  # the user picked a topic: keep it
+            self._auto_topic = False
+            self._redraw()
+
     def _on_pause(self, change: dict[str, Any]) -> None:
         self.pause.description = "Resume" if change["new"] else "Pause"
         self.pause.icon = "play" if change["new"] else "pause"
@@ -330,13 +337,13 @@ class Monitor(widgets.VBox):
             self._redraw()
 
     def _redraw(self) -> None:
-        if self._drawing:
+        if self._drawing is not None:
             return
-        self._drawing = True
+        self._drawing = threading.get_ident()
         try:
             self._draw()
         finally:
-            self._drawing = False
+            self._drawing = None
 
     def _draw(self) -> None:
         rows = self.rows()
@@ -346,8 +353,9 @@ class Monitor(widgets.VBox):
             self.topic.options = names
             if current in names:
                 self.topic.value = current
-            elif names and current is None:
-                busiest = max(names, key=lambda n: self.stats[n].messages)
+        if self._auto_topic and names:  # until the user picks one: the busiest topic
+            busiest = max(names, key=lambda n: self.stats[n].messages)
+            if self.topic.value != busiest:
                 self.topic.value = busiest
         total = sum(st.messages for st in self.stats.values())
         rate = sum(r["rate"] for r in self.rows(filtered=False))

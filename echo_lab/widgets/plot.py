@@ -85,9 +85,7 @@ class LivePlot(widgets.VBox):
         self.x_scale = bqplot.DateScale()
         self.y_scale = bqplot.LinearScale()
         x_axis = bqplot.Axis(scale=self.x_scale, label="time (UTC)", tick_format="%H:%M:%S")
-        y_axis = bqplot.Axis(
-            scale=self.y_scale, side="left", label=field, label_offset="45px"
-        )
+        y_axis = bqplot.Axis(scale=self.y_scale, side="left", label=field, label_offset="45px")
         self.figure = bqplot.Figure(
             marks=[],
             axes=[x_axis, y_axis],
