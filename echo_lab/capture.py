@@ -19,6 +19,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import math
 import operator
 import os
 import threading
@@ -319,14 +320,27 @@ def _parse_chunks(
 def _to_pandas(part: Part) -> pd.DataFrame:
     if isinstance(part, pd.DataFrame):
         return part
-    lists = [
+    fix = [
         name
         for name, t in zip(part.column_names, part.schema.types, strict=True)
-        if pa.types.is_list(t) or pa.types.is_large_list(t)
+        if pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or ((pa.types.is_boolean(t) or pa.types.is_null(t)) and part.column(name).null_count)
     ]
     frame = part.to_pandas()
-    for name in lists:  # Python lists, as from_records gives them
-        frame[name] = pd.Series(part.column(name).to_pylist(), dtype=object, index=frame.index)
+    for name in fix:  # Python lists and NaN for missing values, as from_records gives them
+        values = [math.nan if v is None else v for v in part.column(name).to_pylist()]
+        frame[name] = pd.Series(values, dtype=object, index=frame.index)
+    return frame
+
+
+def _nan_for_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values of object columns as NaN (what a frame has), not None."""
+    for col in frame.columns:
+        column = frame[col]
+        if column.dtype == object and column.isna().any():
+            values = [math.nan if v is None else v for v in column.tolist()]
+            frame[col] = pd.Series(values, dtype=object, index=frame.index)
     return frame
 
 
@@ -827,10 +841,9 @@ def load(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(
             path,
             dtype={c: "str" for c in ("id", "topic", "type")},
-            float_precision="round_trip",
         )
     else:
         data = path.read_bytes().rstrip(b"\n")
         n = data.count(b"\n") + 1 if data else 0
         frame = _to_pandas(_parse_json(data, n))
-    return _restore_meta(frame)
+    return _nan_for_none(_restore_meta(frame))
