@@ -95,8 +95,8 @@ class _Store:
             for fut in waiters:
                 if fut.get_loop() is running:
                     _resolve(fut)
-                else:
-                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+                else:  # woken from another thread: the reader may linger (see _linger)
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut, True)
 
     def wake_producers(self, topic: str) -> None:
         waiters = self.space_waiters.pop(topic, None)
@@ -152,9 +152,9 @@ class _Store:
         return ids
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any = None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)
 
 
 _STORES: dict[str, _Store] = {}
@@ -378,8 +378,9 @@ class MemoryBackend(Backend):
             await cursor.close()
 
 
-async def _wait(store: _Store, topic: str, timeout: float | None) -> None:
-    """Wait (lock not held) until ``topic`` gets new entries or ``timeout`` passes."""
+async def _wait(store: _Store, topic: str, timeout: float | None) -> bool:
+    """Wait (lock not held) until ``topic`` gets new entries or ``timeout`` passes; True if
+    woken by an append from another thread."""
     fut = asyncio.get_running_loop().create_future()
     with store.lock:
         store.waiters.setdefault(topic, []).append(fut)
@@ -394,6 +395,7 @@ async def _wait(store: _Store, topic: str, timeout: float | None) -> None:
     finally:
         if not fut.done():
             fut.cancel()
+    return not fut.cancelled() and fut.result() is True
 
 
 #: Reader-side batching under load: at most this long an extra wait after a tiny batch.
@@ -438,10 +440,10 @@ class _MemoryCursor(Cursor):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            await _wait(self._backend._store, self.topic, remaining)
+            remote = await _wait(self._backend._store, self.topic, remaining)
             batch = self._take(count)
             if batch:
-                return await self._linger(batch, count)
+                return await self._linger(batch, count) if remote else batch
         return []
 
     async def _linger(self, batch: list[RawEntry], count: int) -> list[RawEntry]:
