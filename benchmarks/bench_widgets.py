@@ -1,0 +1,123 @@
+"""What a live monitor costs a consumer: its msg/s with ``stream.monitor()`` attached vs
+without, measured alternately in the same run (bar: the monitor costs <= 10%).
+
+Two paths on the embedded memory backend, where the consumer is fastest and so the
+monitor's share of the CPU shows most: a backlog read by both at once, and a live producer
+thread publishing while both read. Also reported: the monitor's redraws per second under
+that load (throttled to at most 10 whatever the message rate).
+
+Run: ``python -m benchmarks widgets``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import echo_lab as el
+
+from .common import Row
+
+N = 100_000
+ROW = {"sensor": "s-01", "room": "kitchen", "temp": 21.5, "humidity": 40.2, "seq": 0}
+ROWS = [dict(ROW, seq=i) for i in range(N)]
+REPEATS = 7
+
+
+def _consume(stream: el.Stream, topic: str, n: int, live: bool) -> float:
+    """Start a consumer (a sync handler counting messages); return its msg/s for ``n``."""
+    done = threading.Event()
+    count = 0
+
+    def handler(env: el.Envelope) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    if live:
+        sub = stream.on(topic, handler, start="$")
+        t0 = time.perf_counter()
+
+        def produce() -> None:
+            for i in range(0, n, 1_000):
+                stream.publish_many(topic, ROWS[i : i + 1_000])
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        done.wait(120)
+        elapsed = time.perf_counter() - t0
+        producer.join()
+    else:
+        t0 = time.perf_counter()
+        sub = stream.on(topic, handler, start="0")
+        done.wait(120)
+        elapsed = time.perf_counter() - t0
+    sub.stop()
+    assert count == n, (count, n)
+    return n / elapsed
+
+
+def _run_once(stream: el.Stream, live: bool, with_monitor: bool) -> float:
+    topic = f"bench-w-{uuid.uuid4().hex[:8]}"
+    if not live:
+        stream.publish_many(topic, ROWS)
+    else:
+        stream.publish(topic, {"warm": True})  # the topic exists: the monitor watches it
+    monitor = None
+    if with_monitor:
+        # counts the same messages: the backlog from "0", live ones from "$"
+        monitor = stream.monitor(start="0" if not live else "$", topics=topic, interval=0.1)
+    rate = _consume(stream, topic, N, live)
+    if monitor is not None:
+        time.sleep(0.2)
+        seen = monitor.stats[topic].messages
+        monitor.close()
+        assert seen >= N, (seen, N)  # the monitor saw every message too
+    stream.delete(topic)
+    return rate
+
+
+def _redraws(stream: el.Stream, seconds: float = 2.0) -> float:
+    """Redraws per second of a monitor (asked for 20/s) while a producer publishes flat out."""
+    topic = f"bench-w-{uuid.uuid4().hex[:8]}"
+    stream.publish(topic, {"warm": True})
+    monitor = stream.monitor(topics=topic, interval=0.05)
+    stop = time.perf_counter() + seconds
+    ticks0, t0 = monitor.ticker.ticks, time.perf_counter()
+    i = 0
+    while time.perf_counter() < stop:
+        stream.publish_many(topic, ROWS[i : i + 1_000])
+        i = (i + 1_000) % N
+    rate = (monitor.ticker.ticks - ticks0) / (time.perf_counter() - t0)
+    monitor.close()
+    stream.delete(topic)
+    return rate
+
+
+def run() -> list[Row]:
+    """Consumer msg/s with and without a monitor (best of alternating repeats)."""
+    rows = []
+    with el.connect(f"memory://bench-widgets-{uuid.uuid4().hex[:6]}") as stream:
+        for live, path in (
+            (False, "consumer of a 100k backlog, monitor attached vs not"),
+            (True, "consumer of a live producer, monitor attached vs not"),
+        ):
+            best = {False: 0.0, True: 0.0}
+            _run_once(stream, live, False)  # warm-up
+            for _ in range(REPEATS):
+                for with_monitor in (False, True):
+                    rate = _run_once(stream, live, with_monitor)
+                    best[with_monitor] = max(best[with_monitor], rate)
+            rows.append(Row("widgets", path, best[True], best[False], bar=0.9))
+        rows.append(
+            Row(
+                "widgets",
+                "monitor redraws/s under load, 20/s asked (cap: 10)",
+                _redraws(stream),
+                10.0,
+                "redraws/s",
+            )
+        )
+    return rows
