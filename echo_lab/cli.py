@@ -66,7 +66,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with el.connect(url) as stream:
         cap = stream.capture(args.topic)
         sim = sensors.simulate(
-            stream, topic=args.topic, sensors=args.sensors, rate=args.rate, seed=args.seed
+            stream,
+            topic=args.topic,
+            sensors=args.sensors,
+            rate=args.rate,
+            seed=args.seed,
+            time_scale=args.time_scale,
         )
         steps = max(1, int(args.seconds * 10))
         with tqdm(
@@ -84,13 +89,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cap.stop()
         frame = cap.frame()
         out = cap.save(args.out)
+    hours = args.seconds * args.time_scale / 3600
     print(
-        f"captured {len(frame):,} messages from {args.sensors} sensors on {url} "
-        f"in {args.seconds:g} s"
+        f"captured {len(frame):,} readings from {args.sensors} sensors on {url} in "
+        f"{args.seconds:g} s ({hours:g} simulated hour{'' if hours == 1 else 's'})"
     )
     if len(frame):
         by = "room" if "room" in frame.columns else "sensor"
-        numeric = [c for c in ("temperature", "humidity", "co2") if c in frame.columns]
+        numeric = [c for c in ("temp", "humidity", "co2", "occupancy") if c in frame.columns]
         summary = frame.groupby(by)[numeric].agg(["mean", "min", "max"]).round(1)
         summary.insert(0, ("messages", "count"), frame.groupby(by).size())
         print(summary.to_string())
@@ -194,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="sensor demo on the memory backend")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to simulate (5)")
     p.add_argument("--sensors", type=int, default=6, help="number of sensors (6)")
-    p.add_argument("--rate", type=float, default=20.0, help="readings/s per sensor (20)")
+    p.add_argument("--rate", type=float, default=200.0, help="readings/s, all sensors (200)")
+    p.add_argument("--time-scale", type=float, default=720.0, help="simulated s per real s (720)")
     p.add_argument("--topic", default="sensors", help="topic to publish to (sensors)")
     p.add_argument("--seed", type=int, default=7, help="random seed (7)")
     p.add_argument(
