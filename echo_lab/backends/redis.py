@@ -86,7 +86,7 @@ def _key(raw: bytes) -> str:
 
 def _fields(flat: list[bytes]) -> dict[str, bytes]:
     if len(flat) == 2:
-        return {_key(flat[0]): flat[1]}
+        return {_KEYS.get(flat[0]) or _key(flat[0]): flat[1]}
     it = iter(flat)
     return {_key(k): v for k, v in zip(it, it, strict=True)}
 
@@ -110,6 +110,33 @@ def _flatten(fields: Fields) -> list[Any]:
         out.append(k)
         out.append(v)
     return out
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"cannot send {type(value).__name__} to Redis: {value!r}")
+
+
+def _pack(cmds: Sequence[Sequence[Any]]) -> bytes:
+    """RESP-encode commands (a lean replacement for redis-py's per-argument packer)."""
+    out: list[bytes] = []
+    append = out.append
+    for cmd in cmds:
+        append(b"*%d\r\n" % len(cmd))
+        for value in cmd:
+            kind = type(value)
+            data = value if kind is bytes else value.encode() if kind is str else _arg(value)
+            append(b"$%d\r\n" % len(data))
+            append(data)
+            append(b"\r\n")
+    return b"".join(out)
 
 
 def _start_id(start: Position) -> str | None:
@@ -136,10 +163,14 @@ class _Link:
         try:
             if not conn.is_connected:
                 await conn.connect()
-            if len(cmds) == 1:
-                await conn.send_packed_command(conn.pack_command(*cmds[0]), False)
-            else:
-                await conn.send_packed_command(conn.pack_commands(cmds), False)
+            # Written directly: redis-py's send_packed_command wraps the write in
+            # asyncio.wait_for, which on Python 3.11 can swallow a cancellation (and costs
+            # a task per command). drain() only suspends when the socket buffer is full.
+            writer = conn._writer
+            writer.write(_pack(cmds))
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(SOCKET_TIMEOUT):
+                    await writer.drain()
             out = []
             for _ in cmds:
                 try:
@@ -180,10 +211,7 @@ class _SyncLink:
             elif conn._parser.can_read(0):  # the server closed an idle connection
                 conn.disconnect()
                 conn.connect()
-            if len(cmds) == 1:
-                conn.send_packed_command(conn.pack_command(*cmds[0]), False)
-            else:
-                conn.send_packed_command(conn.pack_commands(cmds), False)
+            conn.send_packed_command(_pack(cmds), False)
             out = []
             for _ in cmds:
                 try:
