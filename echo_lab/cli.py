@@ -165,8 +165,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise CliError(f"no such file: {args.file}")
     with _connect(args) as stream:
         speed = None if args.speed == 0 else args.speed
-        n = el.replay(args.file, stream, topic=args.topic, speed=speed)
-    print(f"replayed {n:,} messages" if isinstance(n, int) else "replayed")
+        job = el.replay(args.file, stream, topic=args.topic, speed=speed, block=True)
+    print(f"replayed {job.sent:,} messages")
     return 0
 
 
