@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,6 +84,8 @@ class Broker:
         self._owns_backend = owns_backend
         self._server: Server | None = None
         self._conns: set[_Conn] = set()
+        #: topic -> number of push subscriptions on this broker (to deliver before replying)
+        self.watched: dict[str, int] = {}
         #: Counters (read any time): connections, frames, messages and disconnect reasons.
         self.stats: dict[str, Any] = {
             "connections": 0,
@@ -163,7 +165,12 @@ class _Sub:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        coro = self._pull_loop() if self.group else self._push_loop()
+        if self.group:
+            coro = self._pull_loop()
+        else:
+            watched = self.conn.broker.watched
+            watched[self.cursor.topic] = watched.get(self.cursor.topic, 0) + 1
+            coro = self._push_loop()
         self.task = asyncio.get_running_loop().create_task(coro)
 
     def wake(self) -> None:
@@ -218,6 +225,12 @@ class _Sub:
             self.request = None
 
     async def close(self) -> None:
+        if self.task is not None and not self.group:
+            watched, topic = self.conn.broker.watched, self.cursor.topic
+            if watched.get(topic, 0) <= 1:
+                watched.pop(topic, None)
+            else:
+                watched[topic] -= 1
         if self.task is not None:
             self.task.cancel()
             # Do not hang on a backend read that is slow to honour the cancellation.
@@ -365,10 +378,17 @@ class _Conn:
             )
             return
         inline = _INLINE.get(op)
-        if inline is not None and (
-            frame.get("sub") in self.subs or (self.lane.empty() and not self.lane_busy)
-        ):
+        if inline is not None and frame.get("sub") in self.subs:
             await self._dispatch(inline, frame)
+        elif self.lane.empty() and not self.lane_busy:
+            # Nothing queued: run it now, and hand it to the lane only if it has to wait
+            # (say, a full memory log), so that reading goes on and order is kept.
+            coro = self._dispatch(inline or _LANE[op], frame)
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return
+            self.lane.put_nowait(_Resume(coro, waiting_on))  # type: ignore[arg-type]
         else:  # publishes and requests run in order on the lane (so do ops racing them)
             await self.lane.put(frame)
 
@@ -402,10 +422,13 @@ class _Conn:
     async def _lane(self) -> None:
         lane = self.lane
         while True:
-            frame = await lane.get()
+            frame: Any = await lane.get()
             self.lane_busy = True
             try:
-                await self._dispatch(_INLINE.get(frame["op"]) or _LANE[frame["op"]], frame)
+                if type(frame) is _Resume:
+                    await frame
+                else:
+                    await self._dispatch(_INLINE.get(frame["op"]) or _LANE[frame["op"]], frame)
             finally:
                 self.lane_busy = False
 
@@ -461,6 +484,10 @@ class _Conn:
         maxlen = min(frame["maxlen"] or self.limits["default_maxlen"], self.limits["max_maxlen"])
         ids = await self.broker.backend.append(frame["topic"], entries, maxlen)
         self.broker.stats["published"] += len(ids)
+        if frame["topic"] in self.broker.watched:
+            # Local subscribers were just woken: let them deliver before the publisher's
+            # acknowledgement is written (delivery latency over acknowledgement latency).
+            await asyncio.sleep(0)
         return ids
 
     async def op_subscribe(self, frame: dict[str, Any]) -> Any:
@@ -549,6 +576,33 @@ class _Conn:
 
 
 _NO_REPLY = object()
+
+
+class _Resume:
+    """Finishes, as an awaitable, a coroutine that was started eagerly and suspended."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # cancellation: pass it into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
 
 #: Operations handled as soon as they are read (control of existing subscriptions).
 _INLINE = {
