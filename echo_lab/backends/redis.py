@@ -211,7 +211,7 @@ class _SyncLink:
             elif conn._parser.can_read(0):  # the server closed an idle connection
                 conn.disconnect()
                 conn.connect()
-            conn.send_packed_command(_pack(cmds), False)
+            conn.send_packed_command([_pack(cmds)], False)
             out = []
             for _ in cmds:
                 try:
