@@ -89,24 +89,11 @@ class _Store:
 
     # -- wake-ups (called with the lock held) ---------------------------------------------
     def wake_readers(self, topic: str) -> None:
-        waiters = self.waiters.pop(topic, None)
-        if waiters:
-            running = asyncio._get_running_loop()
-            for fut in waiters:
-                if fut.get_loop() is running:
-                    _resolve(fut)
-                else:  # woken from another thread: the reader may linger (see _linger)
-                    fut.get_loop().call_soon_threadsafe(_resolve, fut, True)
+        # a reader woken from another thread may linger for more (see _MemoryCursor._linger)
+        _wake_all(self.waiters.pop(topic, None), remote=True)
 
     def wake_producers(self, topic: str) -> None:
-        waiters = self.space_waiters.pop(topic, None)
-        if waiters:
-            running = asyncio._get_running_loop()
-            for fut in waiters:
-                if fut.get_loop() is running:
-                    _resolve(fut)
-                else:
-                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+        _wake_all(self.space_waiters.pop(topic, None), remote=None)
         if self.sync_space_waiting:
             self.space.notify_all()
 
@@ -155,6 +142,17 @@ class _Store:
 def _resolve(fut: asyncio.Future[Any], value: Any = None) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _wake_all(waiters: list[asyncio.Future[Any]] | None, remote: Any) -> None:
+    """Resolve waiters: at once on the running loop, thread-safely (with ``remote``) elsewhere."""
+    if waiters:
+        running = asyncio._get_running_loop()
+        for fut in waiters:
+            if fut.get_loop() is running:
+                _resolve(fut)
+            else:
+                fut.get_loop().call_soon_threadsafe(_resolve, fut, remote)
 
 
 _STORES: dict[str, _Store] = {}
