@@ -226,3 +226,23 @@ def test_explorer_replays_a_dead_letter(stream: el.Stream, topic: str) -> None:
         assert len(stream.history(f"{topic}.dead")) == 1  # the letter stays, for the record
     finally:
         explorer.close()
+
+
+def test_monitor_is_throttled_and_drops_deleted_topics(stream: el.Stream, topic: str) -> None:
+    from echo_lab.widgets._refresh import MIN_INTERVAL
+
+    stream.publish(topic, {"a": 1})
+    monitor = stream.monitor(interval=0.001, discover=0.2)  # asks for 1000 redraws a second
+    try:
+        assert monitor.ticker.interval == MIN_INTERVAL == 0.1  # gets at most 10
+        assert wait_until(lambda: topic in monitor.stats, 10)
+        stream.delete(topic)
+        assert wait_until(lambda: topic not in monitor.stats, 10)
+        monitor.refresh()
+        assert f'data-topic="{topic}"' not in monitor.table.value
+    finally:
+        monitor.close()
+    # a closed stream stops its widgets' timers by themselves
+    other = stream.monitor(interval=0.1)
+    stream.close()
+    assert wait_until(lambda: not other.ticker.running, 10)

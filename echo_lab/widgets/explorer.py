@@ -80,11 +80,20 @@ class Explorer(widgets.VBox):
         stream: the stream to explore.
         interval: seconds between refreshes (at least 0.1).
         dead_letters: how many of the newest dead letters are listed.
+        pending: how many pending entries of the chosen group are listed (oldest first).
     """
 
-    def __init__(self, stream: Stream, *, interval: float = 1.0, dead_letters: int = 50) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        interval: float = 1.0,
+        dead_letters: int = 50,
+        pending: int = 500,
+    ) -> None:
         self.stream = stream
         self.dead_limit = int(dead_letters)
+        self.pending_limit = int(pending)
         #: ``info()`` of every topic, as of the last refresh.
         self.topic_rows: list[dict[str, Any]] = []
         #: ``groups()`` of the chosen topic.
@@ -94,6 +103,7 @@ class Explorer(widgets.VBox):
         #: the chosen topic's newest dead letters: ``id, source_id, error, deliveries, fields``.
         self.dead_rows: list[dict[str, Any]] = []
         self._updating = False
+        self._dead_cache: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
 
         self.title = widgets.HTML(
             f'<span class="echo-title">echo_lab explorer</span> '
@@ -228,11 +238,9 @@ class Explorer(widgets.VBox):
                     pending = await backend.pending(topic, group)
                 except GroupError:
                     pending = []
-            if f"{topic}{_DEAD}" in names:
-                entries = await backend.range(f"{topic}{_DEAD}", "-", "+", None)
-                for id_, fields in entries[-self.dead_limit :][::-1]:
-                    details = dead_details(fields)
-                    dead.append({"id": id_, **details, "fields": fields})
+            dead_info = next((i for i in infos if i["topic"] == f"{topic}{_DEAD}"), None)
+            if dead_info is not None:
+                dead = await self._dead_letters(f"{topic}{_DEAD}", dead_info)
         self.topic_rows, self.group_rows = infos, groups
         self.pending_rows, self.dead_rows = pending, dead
         self._updating = True
@@ -240,6 +248,19 @@ class Explorer(widgets.VBox):
             self._draw(names, topic, group)
         finally:
             self._updating = False
+
+    async def _dead_letters(self, dead_topic: str, info: dict[str, Any]) -> list[dict[str, Any]]:
+        """The newest dead letters, re-read only when the dead-letter topic changed."""
+        key = (dead_topic, info.get("length"), info.get("last_id"))
+        if self._dead_cache is not None and self._dead_cache[0] == key:
+            return self._dead_cache[1]
+        entries = await self.stream.backend.range(dead_topic, "-", "+", None)
+        rows = [
+            {"id": id_, **dead_details(fields), "fields": fields}
+            for id_, fields in entries[-self.dead_limit :][::-1]
+        ]
+        self._dead_cache = (key, rows)
+        return rows
 
     def _draw(self, names: list[str], topic: str | None, group: str | None) -> None:
         _set_options(self.topic, names, topic)
@@ -250,7 +271,7 @@ class Explorer(widgets.VBox):
             self.pending,
             [
                 (f"{p['id']} · {p['consumer']} · {p['deliveries']} deliveries", p["id"])
-                for p in self.pending_rows
+                for p in self.pending_rows[: self.pending_limit]
             ],
         )
         _set_options(

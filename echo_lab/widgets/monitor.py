@@ -234,7 +234,9 @@ class Monitor(widgets.VBox):
                 try:
                     batch = await cursor.read(_READ_BATCH, None)
                     delay = 0.1
-                except (ConnectionError, OSError, TimeoutError) as exc:
+                except Exception as exc:  # connection lost, topic deleted …: retry, never die
+                    if self.stream._closed:
+                        return
                     logger.debug("monitor: reading %s failed: %s", st.topic, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -261,11 +263,18 @@ class Monitor(widgets.VBox):
                 return
             try:
                 names = await self.stream.backend.topics()
-            except (ConnectionError, OSError, TimeoutError):
+                for topic in names:
+                    if topic not in self.stats and self._wanted(topic):
+                        await self._watch(topic, "0")  # new since we started: count it all
+            except Exception as exc:
+                logger.debug("monitor: listing topics failed: %s", exc)
                 continue
-            for topic in names:
-                if topic not in self.stats and self._wanted(topic):
-                    await self._watch(topic, "0")  # new since we started: count it all
+            gone = set(self.stats) - set(names)
+            for topic in gone:  # deleted: drop its row
+                task = self._tasks.pop(topic, None)
+                if task is not None:
+                    task.cancel()
+                self.stats.pop(topic, None)
 
     # -- state (any thread) ---------------------------------------------------------------
     def rows(self, *, filtered: bool = True) -> list[dict[str, Any]]:
