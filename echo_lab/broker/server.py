@@ -20,13 +20,16 @@ import signal
 import threading
 import uuid
 from collections.abc import Coroutine, Generator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from ..backends import Backend, backend_from_url
 from ..backends.base import Cursor, GroupCursor
@@ -119,6 +122,7 @@ class Broker:
             ping_timeout=20,
             close_timeout=2,
             server_header=None,
+            process_request=_http_page,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         logger.info("echo_lab broker on %s serving %s", self.url, self.backend.url)
@@ -576,6 +580,25 @@ class _Conn:
 
 
 _NO_REPLY = object()
+_PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+def _http_page(connection: ServerConnection, request: Request) -> Response | None:
+    """Answer a plain HTTP GET of ``/`` with the JavaScript client page; let WebSocket
+    upgrades through."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    if urlsplit(request.path).path not in ("/", "/index.html"):
+        return connection.respond(404, "Not found: the client page is at /\n")
+    body = _PAGE.read_bytes()
+    headers = Headers(
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(200, "OK", headers, body)
 
 
 class _Resume:
