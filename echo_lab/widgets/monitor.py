@@ -76,8 +76,8 @@ class TopicStats:
             if now - t <= window:
                 t_old, m_old = t, m
                 break
-        span = now - t_old
-        return (self.messages - m_old) / span if span > 0 else 0.0
+        span = max(now - t_old, 1.0)  # a topic seen for a moment: no inflated rate
+        return (self.messages - m_old) / span
 
 
 _EXACT = 64  #: read batches up to this size are sized exactly; larger ones from a sample

@@ -156,6 +156,9 @@ class LivePlot(widgets.VBox):
     def _draw(self) -> None:
         right = self._right_edge()
         left = right - int(self.window * _NS)
+        oldest = min((s.x[0] for s in self.series.values() if s.x), default=left)
+        # while the first window fills, show what there is (at least 5 s), then scroll
+        shown = max(left, min(oldest, right - int(min(self.window, 5.0) * _NS)))
         points = 0
         new_marks = False
         for i, (key, series) in enumerate(self.series.items()):
@@ -188,7 +191,7 @@ class LivePlot(widgets.VBox):
         if new_marks:
             self.figure.marks = list(self.lines.values())
         with self.x_scale.hold_sync():
-            self.x_scale.min = _dt(left)
+            self.x_scale.min = _dt(shown)
             self.x_scale.max = _dt(right)
         self.points = points
         self._draw_status()
