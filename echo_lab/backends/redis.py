@@ -421,13 +421,16 @@ class RedisBackend(Backend):
         prefix = options.get("prefix", query.get("prefix", ""))
         if not isinstance(prefix, str):
             raise ValueError(f"option prefix must be a string, got {prefix!r}")
-        cluster: Any = options.get("cluster", query.get("cluster"))
-        if isinstance(cluster, str):
-            if cluster.lower() not in _TRUE | _FALSE:
-                raise ValueError(f"malformed Redis URL {shown!r}: cluster={cluster!r}")
-            cluster = cluster.lower() in _TRUE
-        if cluster is not None and not isinstance(cluster, bool):
-            raise ValueError(f"option cluster must be True or False, got {cluster!r}")
+        cluster: Any = None
+        if "cluster" in query:
+            flag = query["cluster"].lower()
+            if flag not in _TRUE | _FALSE:
+                raise ValueError(f"malformed Redis URL {shown!r}: cluster={flag!r}")
+            cluster = flag in _TRUE
+        if "cluster" in options:
+            cluster = options["cluster"]
+            if cluster is not None and not isinstance(cluster, bool):
+                raise ValueError(f"option cluster must be True or False, got {cluster!r}")
         return cls(
             parts.hostname or "127.0.0.1",
             port,
