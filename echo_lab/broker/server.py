@@ -456,7 +456,8 @@ class _Conn:
 
     async def op_hello(self, frame: dict[str, Any]) -> Any:
         if not self._token_ok(frame["token"]):
-            await self.close(CLOSE_UNAUTHORIZED, "unauthorized: invalid token", "unauthorized")
+            reason = "invalid token" if frame["token"] else "this broker needs a token"
+            await self.close(CLOSE_UNAUTHORIZED, f"unauthorized: {reason}", "unauthorized")
             return _NO_REPLY
         self.authed = True
         limits = self.limits

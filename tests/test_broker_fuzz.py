@@ -1,0 +1,104 @@
+"""Fuzzing the broker's frame parser (hypothesis): whatever a client sends, the parser
+returns a validated frame or raises ``FrameError``, and a live broker never crashes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from echo_lab.broker import BrokerHandle, FrameError, parse_frame, serve
+from echo_lab.broker.protocol import ERROR_CODES, OPS
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELD_NAMES = sorted(
+    {name for required, optional in OPS.values() for name in [*required, *optional]}
+    | {"rid", "op"}
+)
+# Frames that look right: a known op, known field names, values of any JSON type (often
+# of the right type, often not).
+plausible = st.builds(
+    lambda op, fields: {**fields, "op": op},
+    st.sampled_from([*OPS, "nope", ""]) | json_scalars,
+    st.dictionaries(
+        st.sampled_from(FIELD_NAMES),
+        json_values
+        | st.text(max_size=30)
+        | st.sampled_from(["$", "0", "1-0", "-", "+", "2024-01-01T00:00:00Z"])
+        | st.lists(st.text(max_size=10), max_size=3)
+        | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+        max_size=8,
+    ),
+)
+frames = (
+    plausible.map(json.dumps)
+    | json_values.map(json.dumps)
+    | st.text(max_size=200)
+    | st.binary(max_size=200)
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames)
+def test_the_parser_returns_a_valid_frame_or_a_frame_error(data: str | bytes) -> None:
+    try:
+        frame = parse_frame(data)
+    except FrameError as exc:
+        assert exc.code in ERROR_CODES and exc.message
+        assert json.dumps(exc.frame())  # the error frame itself is valid JSON
+    else:
+        assert frame["op"] in OPS
+        required, optional = OPS[frame["op"]]
+        assert all(name in frame for name in [*required, *optional])
+
+
+@pytest.fixture(scope="module")
+def fuzz_broker() -> Iterator[BrokerHandle]:
+    """One memory-backed broker that every fuzz example talks to."""
+    handle = serve(backend="memory://fuzz-broker", max_bad_frames=10**6)
+    yield handle
+    handle.stop()
+
+
+def _send_all(url: str, batch: list[str | bytes]) -> None:
+    """Send every frame; reconnect whenever the broker closes the connection (by policy)."""
+    left = list(batch)
+    while left:
+        with ws_connect(url, compression=None, open_timeout=5) as ws:
+            while left:
+                data = left.pop(0)
+                try:
+                    ws.send(data)
+                    reply = json.loads(ws.recv(timeout=0.05))
+                    assert reply["op"] in ("ok", "error", "deliver")
+                except TimeoutError:
+                    pass  # no reply expected (credit, ack without rid, ...)
+                except ConnectionClosed as exc:
+                    assert exc.rcvd is not None and exc.rcvd.code in (1008, 1009, 4001)
+                    break
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(frames, min_size=1, max_size=4))
+def test_a_live_broker_survives_anything(fuzz_broker: BrokerHandle, batch: list) -> None:
+    _send_all(fuzz_broker.url, batch)
+    with ws_connect(fuzz_broker.url, compression=None, open_timeout=5) as ws:
+        ws.send(json.dumps({"op": "ping", "rid": 1}))
+        assert json.loads(ws.recv(timeout=5)) == {"op": "ok", "rid": 1, "result": "pong"}
+    assert fuzz_broker.stats["errors"] == 0  # no internal error, only refusals
