@@ -19,6 +19,7 @@ from .stream import DEFAULT_MAXLEN, Producer, Stream
 
 if TYPE_CHECKING:
     from . import sensors
+    from .broker import BrokerHandle
     from .capture import Capture, load
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "load",
     "replay",
     "sensors",
+    "serve",
 ]
 
 __version__ = "0.1.0"
@@ -71,6 +73,23 @@ def connect(
         stream.runtime.run(stream.backend.close())
         raise
     return stream
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    redis: str | None = None,
+    **options: Any,
+) -> BrokerHandle:
+    """Run the WebSocket broker in the background; returns a handle (``.url``, ``.stop()``).
+
+    ``redis=URL`` keeps the topics in Redis (several brokers then serve one set of topics);
+    otherwise they live in this process's ``memory://``. See :func:`echo_lab.broker.serve`.
+    """
+    from .broker import serve as _serve
+
+    return _serve(host, port, token, redis, **options)
 
 
 def __getattr__(name: str) -> Any:
