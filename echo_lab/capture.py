@@ -223,6 +223,8 @@ def _tidy_arrow(table: pa.Table) -> pa.Table:
         t = col.type
         if pa.types.is_timestamp(t):
             col = col.cast(pa.timestamp("ns", tz=t.tz or "UTC"))
+        elif pa.types.is_string(t):  # pandas' str dtype holds large strings: convert here,
+            col = col.cast(pa.large_string())  # in the background, not in frame()
         arrays.append(col)
     return pa.Table.from_arrays(arrays, names=table.column_names)
 
@@ -261,7 +263,7 @@ def _parse_json(
 
 _IDS_READ = pa_csv.ReadOptions(column_names=["id"], use_threads=False)
 _IDS_PARSE = pa_csv.ParseOptions(delimiter="\t", quote_char=False)
-_IDS_CONVERT = pa_csv.ConvertOptions(column_types={"id": pa.string()})
+_IDS_CONVERT = pa_csv.ConvertOptions(column_types={"id": pa.large_string()})
 _MS_READ = pa_csv.ReadOptions(column_names=["ms", "seq"], use_threads=False)
 _MS_PARSE = pa_csv.ParseOptions(delimiter="-", quote_char=False)
 _MS_CONVERT = pa_csv.ConvertOptions(
@@ -287,14 +289,16 @@ def _meta(chunks: Sequence[_Chunk]) -> pa.Table:
         ts = pc.cast(pc.cast(ms, pa.timestamp("ms", tz="UTC")), _TS)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # an id that is not "<ms>-<seq>"
         ts = _ts_of_ids(ids.combine_chunks())
-    topics = pa.concat_arrays([pa.repeat(pa.scalar(c.topic, pa.string()), c.n) for c in chunks])
+    topics = pa.concat_arrays(
+        [pa.repeat(pa.scalar(c.topic, pa.large_string()), c.n) for c in chunks]
+    )
     if any(c.types is not None for c in chunks):
         types = pa.array(
             [t for c in chunks for t in (c.types if c.types is not None else [None] * c.n)],
-            pa.string(),
+            pa.large_string(),
         )
     else:
-        types = pa.nulls(n, pa.string())
+        types = pa.nulls(n, pa.large_string())
     return pa.table({"id": ids, "ts": ts, "topic": topics, "type": types})
 
 
@@ -327,7 +331,7 @@ def _to_pandas(part: Part) -> pd.DataFrame:
         or pa.types.is_large_list(t)
         or ((pa.types.is_boolean(t) or pa.types.is_null(t)) and part.column(name).null_count)
     ]
-    frame = part.to_pandas()
+    frame = part.to_pandas(split_blocks=True)
     for name in fix:  # Python lists and NaN for missing values, as from_records gives them
         values = [math.nan if v is None else v for v in part.column(name).to_pylist()]
         frame[name] = pd.Series(values, dtype=object, index=frame.index)
@@ -395,7 +399,7 @@ def frame_of(envelopes: Iterable[Envelope]) -> pd.DataFrame:
 def _lower_priority() -> None:
     """Parser threads yield to the runtime loop (consumers, handlers) when CPUs are busy."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 #: Background parsing of full segments: two threads, each parsing one segment at a time.
@@ -405,28 +409,52 @@ _PARSER = concurrent.futures.ThreadPoolExecutor(
 
 
 class _Segment:
-    """Consecutive captured rows: chunks being filled, then parsed in the background."""
+    """Consecutive captured rows: chunks being filled, then parsed in the background.
 
-    __slots__ = ("chunks", "first", "future", "n", "parsed")
+    A full segment is queued for a low-priority parser thread. Whoever needs its rows first
+    (``frame()``, or the parser) parses it; the chunks are released once it is parsed.
+    """
 
-    def __init__(self, first: int) -> None:
+    __slots__ = ("chunks", "first", "future", "lock", "n", "parsed", "schema")
+
+    def __init__(self, first: int, schema: list[pa.Schema | None]) -> None:
         self.first = first  # row number of its first row
         self.n = 0
         self.chunks: list[_Chunk] = []
+        self.schema = schema  # the capture's schema box, shared by its segments
         self.future: concurrent.futures.Future[Part] | None = None
-        self.parsed: tuple[int, Part] | None = None  # (rows, part) cache of an open segment
+        self.parsed: tuple[tuple[int, int], Part] | None = None  # ((first, n), part)
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        """The segment is full: parse it in the background."""
+        self.future = _PARSER.submit(self._parse_full, False)
+
+    def _parse_full(self, threads: bool) -> Part:
+        with self.lock:
+            if self.parsed is None or self.parsed[0] != (self.first, self.n):
+                part = _parse_chunks(self.chunks, threads, self.schema)
+                self.parsed = ((self.first, self.n), part)
+                self.chunks = []
+            return self.parsed[1]
 
     def part(self) -> Part:
-        """Its rows parsed (waits for the background parse of a full segment)."""
-        if self.future is not None:
-            return self.future.result()
-        cached = self.parsed
-        if cached is not None and cached[0] == self.n:
-            return cached[1]
-        chunks = list(self.chunks)
-        part = _parse_chunks(chunks)
-        self.parsed = (sum(c.n for c in chunks), part)
-        return part
+        """The rows of a full segment, parsed (if still queued, parsed here on all cores)."""
+        future = self.future
+        assert future is not None
+        if future.cancel():  # still queued: do not wait for the background thread
+            return self._parse_full(True)
+        return future.result()
+
+    def open_part(self, first: int, n: int, chunks: list[_Chunk]) -> Part:
+        """The rows of the open segment as they were (``first``, ``n``, ``chunks``)."""
+        with self.lock:
+            cached = self.parsed
+            if cached is not None and cached[0] == (first, n):
+                return cached[1]
+            part = _parse_chunks(chunks, True, self.schema)
+            self.parsed = ((first, n), part)
+            return part
 
 
 def _slice(part: Part, start: int) -> Part:
@@ -490,7 +518,9 @@ class Capture:
         self.undecodable = 0
         self._schema: list[pa.Schema | None] = [None]
         self._segment_rows = min(65_536, max(max_rows // 8, 2048))
-        self._segments: collections.deque[_Segment] = collections.deque([_Segment(0)])
+        self._segments: collections.deque[_Segment] = collections.deque(
+            [_Segment(0, self._schema)]
+        )
         self._skip = 0  # rows of the first segment dropped by the ring
         self._count = 0  # rows captured since the start
         self._lock = threading.Lock()
@@ -558,8 +588,8 @@ class Capture:
                 seg.n += chunk.n
                 self._count += chunk.n
                 if seg.n >= self._segment_rows:
-                    seg.future = _PARSER.submit(_parse_chunks, seg.chunks, False, self._schema)
-                    self._segments.append(_Segment(self._count))
+                    seg.close()
+                    self._segments.append(_Segment(self._count, self._schema))
                 self._trim()
         return self.n is not None and self._count >= self.n
 
@@ -586,7 +616,6 @@ class Capture:
                 head.first += dropped.n
                 head.n -= dropped.n
                 self._skip -= dropped.n
-                head.parsed = None
 
     def _finish(self) -> None:
         if self._ended is None:
@@ -667,21 +696,26 @@ class Capture:
     def since(self, k: int) -> pd.DataFrame:
         """Rows number ``k`` and later (see :attr:`count`) that are still kept.
 
-        A live view reads new rows cheaply with ``df = cap.since(seen); seen = cap.count``
-        taken before the call (rows the ring dropped meanwhile are skipped).
+        The frame's ``attrs["next_row"]`` is the number of the row after its last one, so a
+        live view reads only new rows with ``new = cap.since(k); k = new.attrs["next_row"]``
+        (rows the ring dropped meanwhile are skipped).
         """
         with self._lock:
+            end = self._count
             segments = list(self._segments)
             start = max(k, segments[0].first + self._skip)
-            # freeze what each open segment holds now
-            picked = [(s, s.n) for s in segments if s.first + s.n > start and s.n]
+            picked = [
+                (s, s.first, s.n, None if s.future is not None else list(s.chunks))
+                for s in segments
+                if s.first + s.n > start and s.n
+            ]
         parts = []
-        for seg, n in picked:
-            part = seg.part()
-            if len(part) > n:
-                part = part.slice(0, n) if isinstance(part, pa.Table) else part.iloc[:n]
-            parts.append(_slice(part, max(start - seg.first, 0)))
-        return _combine(parts)
+        for seg, first, n, chunks in picked:
+            part = seg.part() if chunks is None else seg.open_part(first, n, chunks)
+            parts.append(_slice(part, max(start - first, 0)))
+        frame = _combine(parts)
+        frame.attrs["next_row"] = end
+        return frame
 
     def frame(self) -> pd.DataFrame:
         """The rows kept now as a DataFrame: ``id``, ``ts`` (``datetime64[ns, UTC]``),
@@ -689,8 +723,8 @@ class Capture:
         return self.since(0)
 
     def tail(self, n: int = 5) -> pd.DataFrame:
-        """The newest ``n`` rows."""
-        return self.since(max(self._count - n, 0)) if n > 0 else _empty_frame()
+        """The newest ``n`` rows (``attrs["next_row"]`` as in :meth:`since`)."""
+        return self.since(max(self._count - max(n, 0), 0))
 
     def plot(self, field: str, by: str | None = None, window: float = 60.0, **kw: Any) -> Any:
         """A live line chart of ``field`` (one line per value of ``by``) over the last
