@@ -125,6 +125,8 @@ def test_live_plot_one_line_per_key(stream: el.Stream, topic: str) -> None:
         assert list(line.y) == [20 + i for i in range(2, 30, 3)]
         assert plot.skipped == 1
         assert '<b class="echo-plot-lines">3</b>' in plot.status.value
+        assert plot.legend.value.count("echo-legend-item") == 3  # with each line's last value
+        assert "s2 <b>49</b>" in plot.legend.value
         before = plot.points
         stream.publish(topic, {"sensor": "s3", "temp": 99.5})
         assert wait_until(lambda: plot.points == before + 1, 10)

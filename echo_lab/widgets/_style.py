@@ -49,6 +49,12 @@ STYLE = """
 .echo-status-ok { color: var(--echo-ok); font-size: 12px; }
 .echo-status-err { color: var(--echo-err); font-size: 12px; }
 .echo-spark { vertical-align: middle; }
+.echo-legend { display: flex; flex-wrap: wrap; gap: 4px 18px; font-size: 13px;
+  margin: 2px 0 2px 60px; font-variant-numeric: tabular-nums; }
+.echo-legend-item { white-space: nowrap; }
+.echo-swatch { display: inline-block; width: 14px; height: 3px; border-radius: 2px;
+  vertical-align: middle; margin-right: 6px; }
+.echo-plot .echo-sub { margin-left: 60px; }
 </style>
 """
 

@@ -84,22 +84,25 @@ class LivePlot(widgets.VBox):
 
         self.x_scale = bqplot.DateScale()
         self.y_scale = bqplot.LinearScale()
-        x_axis = bqplot.Axis(scale=self.x_scale, label="time (UTC)", tick_format="%H:%M:%S")
+        x_axis = bqplot.Axis(
+            scale=self.x_scale, label="time (UTC)", tick_format="%H:%M:%S", num_ticks=6
+        )
         y_axis = bqplot.Axis(scale=self.y_scale, side="left", label=field, label_offset="45px")
         self.figure = bqplot.Figure(
             marks=[],
             axes=[x_axis, y_axis],
             title=title if title is not None else (f"{field} by {by}" if by else field),
             animation_duration=0,
-            legend_location="top-left",
             fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 20},
             layout=widgets.Layout(width="100%", height=height),
         )
         self.figure.add_class("echo-plot-figure")
         self.status = widgets.HTML()
         self.status.add_class("echo-plot-status")
+        self.legend = widgets.HTML()
+        self.legend.add_class("echo-plot-legend")
         super().__init__(
-            [style_widget(), self.figure, self.status],
+            [style_widget(), self.legend, self.figure, self.status],
             layout=widgets.Layout(width="100%"),
         )
         self.add_class("echo-w")
@@ -179,7 +182,7 @@ class LivePlot(widgets.VBox):
                     scales={"x": self.x_scale, "y": self.y_scale},
                     colors=[PALETTE[i % len(PALETTE)]],
                     labels=[str(key)],
-                    display_legend=self.by is not None,
+                    display_legend=False,
                     stroke_width=2,
                 )
                 self.lines[key] = line
@@ -197,20 +200,23 @@ class LivePlot(widgets.VBox):
         self._draw_status()
 
     def _draw_status(self) -> None:
-        latest = ""
-        newest_key, newest_x = None, -1
-        for key, s in self.series.items():
-            if s.x and s.x[-1] > newest_x:
-                newest_key, newest_x = key, s.x[-1]
-        if newest_key is not None:
-            value = self.series[newest_key].y[-1]
-            who = f" ({esc(newest_key)})" if self.by else ""
-            latest = f" · latest {esc(self.field)}{who}: <b>{value:.4g}</b>"
+        legend = ""
+        if self.by is not None:  # an HTML legend with each line's latest value: never on a line
+            items = []
+            for i, (key, series) in enumerate(self.series.items()):
+                value = f" <b>{series.y[-1]:.4g}</b>" if series.y else ""
+                items.append(
+                    f'<span class="echo-legend-item"><span class="echo-swatch" '
+                    f'style="background:{PALETTE[i % len(PALETTE)]}"></span>{esc(key)}{value}'
+                    "</span>"
+                )
+            legend = f'<div class="echo-legend">{"".join(items)}</div>'
+        self.legend.value = legend
         self.status.value = (
             f'<span class="echo-sub"><b class="echo-plot-points">{fmt_count(self.points)}</b>'
             f" points in the last {self.window:g} s · "
             f'<b class="echo-plot-lines">{len(self.series)}</b> line(s) · '
-            f"{fmt_count(self._seen)} rows read{latest}</span>"
+            f"{fmt_count(self._seen)} rows read</span>"
         )
 
     def data(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
