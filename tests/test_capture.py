@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -247,3 +250,24 @@ def test_round_trip_keeps_microseconds_utc(tmp_path: Path, suffix: str) -> None:
 def test_unknown_suffix_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.xlsx"):
         save_frame(pd.DataFrame({"a": [1]}), tmp_path / "f.xlsx")
+
+
+def test_closing_the_stream_stops_its_captures(connect: Callable[..., el.Stream]) -> None:
+    stream = connect()
+    cap = stream.capture(["a", "b"])
+    sim = el.sensors.simulate(stream, topic="a", rate=100)
+    assert wait_until(lambda: len(cap) > 0, 10)
+    sim.stop()
+    stream.close()
+    assert not cap.running
+    assert len(cap.frame()) == len(cap)
+
+
+def test_import_echo_lab_stays_light() -> None:
+    code = (
+        "import sys, echo_lab as el\n"
+        "assert callable(el.replay) and el.Replay\n"
+        "assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules\n"
+        "assert el.load.__module__ == 'echo_lab.capture' and el.sensors.simulate\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
