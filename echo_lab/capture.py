@@ -104,13 +104,19 @@ def _chunk_of(topic: str, batch: Sequence[RawEntry]) -> tuple[_Chunk | None, int
     """Turn a batch of raw entries into a chunk; return it and the number of bad entries."""
     fields_list = list(map(_second, batch))
     datas: list[Any] | None = None
-    if max(map(len, fields_list)) == 1:  # the hot path: echo_lab's own untyped entries
-        try:
-            datas = list(map(_data, fields_list))
-        except KeyError:
-            datas = None
     types: list[str | None] | None = None
     bad = 0
+    try:
+        datas = list(map(_data, fields_list))
+    except KeyError:  # entries written by another program or in Crystal Echo's format
+        datas = None
+    if datas is not None and max(map(len, fields_list)) > 1:
+        if all(f.keys() <= _OURS for f in fields_list):  # typed messages, headers
+            types = [_text(f.get("type")) for f in fields_list]
+            if not any(types):
+                types = None
+        else:
+            datas = None
     if datas is not None:
         ids = list(map(_first, batch))
     else:
