@@ -26,10 +26,6 @@ from tests.fixtures.servers import free_port
 from tests.helpers import wait_until
 
 
-class Ping(el.Message):
-    name: str
-
-
 @pytest.fixture
 def db_url(redis_server: RedisServer) -> Iterator[tuple[str, redis.Redis]]:
     """A URL without prefix on a database of its own (flushed), and a raw client of it."""
@@ -157,22 +153,28 @@ def _echo_payload(fields: dict) -> bytes:
 
 
 def test_entries_written_by_crystal_echo_are_read(db_url):
+    class RedisPing(el.Message):  # registered now: the last definition of a name wins
+        name: str
+
     url, raw = db_url
-    raw.xadd("Ping", {"payload": _echo_payload({"name": "from-crystal"})})
+    raw.xadd("RedisPing", {"payload": _echo_payload({"name": "from-crystal"})})
     raw.xadd("Marco", {"payload": _echo_payload({"name": "Marco", "n?": 1})})
     with el.connect(url) as stream:
-        (env,) = stream.take("Ping", 1, timeout=5, start="0")
-        assert env.type == "Ping" and env.data == Ping("from-crystal")
+        (env,) = stream.take("RedisPing", 1, timeout=5, start="0")
+        assert env.type == "RedisPing" and env.data == RedisPing("from-crystal")
         (env,) = stream.take("Marco", 1, timeout=5, start="0")
         assert env.type == "Marco" and env.data == {"name": "Marco", "n?": 1}
 
 
 def test_codec_echo_writes_what_crystal_echo_reads(db_url):
+    class RedisPong(el.Message):
+        name: str
+
     url, raw = db_url
     with el.connect(url, codec="echo") as stream:
-        stream.publish(Ping("from-echo-lab"))
-        stream.publish_many("Ping", [{"name": "a"}, {"name": "b"}])
-    entries = raw.xrange("Ping")
+        stream.publish(RedisPong("from-echo-lab"))
+        stream.publish_many("RedisPong", [{"name": "a"}, {"name": "b"}])
+    entries = raw.xrange("RedisPong")
     assert len(entries) == 3
     for (_, fields), name in zip(entries, ["from-echo-lab", "a", "b"], strict=True):
         assert list(fields) == [b"payload"]
