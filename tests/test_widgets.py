@@ -248,3 +248,26 @@ def test_monitor_is_throttled_and_drops_deleted_topics(stream: el.Stream, topic:
     other = stream.monitor(interval=0.1)
     stream.close()
     assert wait_until(lambda: not other.ticker.running, 10)
+
+
+def test_monitor_shows_consumers_and_their_errors(stream: el.Stream, topic: str) -> None:
+    def picky(env: el.Envelope) -> None:
+        if env.data["n"] % 2:
+            raise ValueError(f"odd {env.data['n']}")
+
+    sub = stream.on(topic, picky, max_deliveries=1)
+    monitor = stream.monitor(interval=0.1)
+    try:
+        stream.publish_many(topic, [{"n": i} for i in range(6)])
+        assert wait_until(lambda: sub.stats.handled + sub.stats.dead_lettered == 6, 10)
+        (row,) = [r for r in monitor.consumer_rows() if r["topics"] == [topic]]
+        assert row["handler"].endswith("picky")
+        assert (row["handled"], row["errors"], row["dead_lettered"]) == (3, 3, 3)
+        assert "odd 5" in row["last_error"]
+        monitor.refresh()
+        assert "odd 5" in monitor.consumers.value
+        # the dead letters show up as a topic of their own
+        assert wait_until(lambda: _row(monitor, f"{topic}.dead").get("messages") == 3, 10)
+    finally:
+        monitor.close()
+        sub.stop()

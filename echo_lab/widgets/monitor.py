@@ -161,6 +161,8 @@ class Monitor(widgets.VBox):
         self.topic.add_class("echo-monitor-topic")
         self.messages = widgets.HTML()
         self.messages.add_class("echo-monitor-newest")
+        self.consumers = widgets.HTML()
+        self.consumers.add_class("echo-monitor-consumers")
         self.pub_topic = widgets.Text(placeholder="topic", layout=widgets.Layout(width="160px"))
         self.pub_body = widgets.Text(
             placeholder='{"temp": 21.5}', layout=widgets.Layout(flex="1 1 auto", width="auto")
@@ -198,6 +200,7 @@ class Monitor(widgets.VBox):
                     layout=widgets.Layout(justify_content="space-between", align_items="center"),
                 ),
                 self.table,
+                self.consumers,
                 self.topic,
                 self.messages,
                 pub,
@@ -384,6 +387,7 @@ class Monitor(widgets.VBox):
             f"{len(names)} topics</span>"
         )
         self.table.value = self._table_html(rows)
+        self.consumers.value = self._consumers_html(self.consumer_rows())
         self.messages.value = self._newest_html()
 
     def _table_html(self, rows: list[dict[str, Any]]) -> str:
@@ -412,6 +416,53 @@ class Monitor(widgets.VBox):
                 f"<td>{sparkline_svg(r['spark'])}</td></tr>"
             )
         return f'<table class="echo-table">{head}{"".join(body)}</table>'
+
+    def consumer_rows(self) -> list[dict[str, Any]]:
+        """One dict per running consumer of this stream (in this process): ``handler,
+        topics, group, consumer, handled, rate, errors, dead_lettered, last_error``."""
+        out = []
+        for sub in sorted(self.stream._subscriptions, key=lambda s: (s.topics, id(s))):
+            st = sub.stats
+            out.append(
+                {
+                    "handler": getattr(sub.handler, "__qualname__", repr(sub.handler)),
+                    "topics": list(sub.topics),
+                    "group": sub.group,
+                    "consumer": sub.consumer,
+                    "handled": st.handled,
+                    "rate": st.rate,
+                    "errors": st.errors + st.undecodable,
+                    "dead_lettered": st.dead_lettered,
+                    "last_error": st.last_error,
+                }
+            )
+        return out
+
+    def _consumers_html(self, rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return ""
+        head = (
+            "<tr><th>consumer</th><th>topics</th><th>group</th><th class='num'>handled</th>"
+            "<th class='num'>msg/s</th><th class='num'>errors</th>"
+            "<th class='num'>dead-lettered</th><th>last error</th></tr>"
+        )
+        body = []
+        for r in rows:
+            group = f"{r['group']} / {r['consumer']}" if r["group"] else ""
+            err = "echo-status-err" if r["errors"] else ""
+            body.append(
+                f"<tr><td>{esc(r['handler'])}</td><td>{esc(', '.join(r['topics']))}</td>"
+                f"<td>{esc(group)}</td>"
+                f'<td class="num echo-handled">{fmt_count(r["handled"])}</td>'
+                f'<td class="num">{fmt_rate(r["rate"])}</td>'
+                f'<td class="num echo-errors {err}">{fmt_count(r["errors"])}</td>'
+                f'<td class="num">{fmt_count(r["dead_lettered"])}</td>'
+                f'<td class="{err}">{esc(_short(r["last_error"] or "", 80))}</td></tr>'
+            )
+        return (
+            '<div class="echo-sub" style="margin-top:6px">consumers in this process</div>'
+            f'<table class="echo-table">{head}{"".join(body)}</table>'
+        )
 
     def _newest_html(self) -> str:
         envs = self.newest()

@@ -93,7 +93,7 @@ class LivePlot(widgets.VBox):
             axes=[x_axis, y_axis],
             title=title if title is not None else (f"{field} by {by}" if by else field),
             animation_duration=0,
-            fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 20},
+            fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 40},
             layout=widgets.Layout(width="100%", height=height),
         )
         self.figure.add_class("echo-plot-figure")
