@@ -1,15 +1,17 @@
 """Capture what flows through topics into pandas, and the stream's state as DataFrames.
 
 A :class:`Capture` reads raw entries with the backend's cursors on the runtime loop and keeps
-them column-wise and compact: per batch of up to 512 entries, one string of ids and one
-buffer of the messages' JSON, one per line. No envelope, dict or DataFrame is made per
-message. :meth:`Capture.frame` parses all buffers at once with Arrow's multi-threaded JSON
-reader (nested objects become ``a.b`` columns, missing fields nulls, numbers stay numeric),
-falling back to orjson plus ``DataFrame.from_records`` for what Arrow cannot type (a field
-that is a number in one message and a string in another).
+them compact: per read batch (up to 2048 entries), one buffer of ids and one buffer of the
+messages' JSON, one per line. No envelope, dict or DataFrame is made per message. Full
+segments (up to 65,536 rows) are parsed into Arrow tables by low-priority background threads
+with Arrow's JSON reader (nested objects become ``a.b`` columns, missing fields nulls, numbers
+stay numeric); :meth:`Capture.frame` parses what is left on all cores and converts once.
+What Arrow cannot type (a field that is a number in one message and a string in another)
+falls back to orjson plus ``DataFrame.from_records`` (an object column).
 
 Frames have the columns ``id``, ``ts`` (``datetime64[ns, UTC]``), ``topic``, ``type``, then one
 column per data field. A data field called like one of those four becomes ``data.<name>``.
+Strings Arrow reads as ISO 8601 dates or seconds-resolution times become UTC datetimes.
 """
 
 from __future__ import annotations
