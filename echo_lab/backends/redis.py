@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from bisect import bisect_right
@@ -566,7 +567,9 @@ class RedisBackend(Backend):
         """
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT + 0.5):
-                _, info = await self._admin_exec(self._seed, [("PING",), ("INFO", "cluster")])
+                _, server, info = await self._admin_exec(
+                    self._seed, [("PING",), ("INFO", "server"), ("INFO", "cluster")]
+                )
         except TimeoutError:
             raise BackendConnectionError(
                 f"Redis at {self.host}:{self.port} is unreachable: no answer within "
@@ -574,6 +577,12 @@ class RedisBackend(Backend):
             ) from None
         except BackendConnectionError as exc:
             raise BackendConnectionError(str(exc)) from None
+        version = re.search(rb"redis_version:(\d+)\.(\d+)", server or b"")
+        if version and (int(version[1]), int(version[2])) < (6, 2):
+            raise BackendConnectionError(
+                f"Redis at {self.host}:{self.port} is version {version[1].decode()}."
+                f"{version[2].decode()}; echo_lab needs Redis >= 6.2 (XAUTOCLAIM)"
+            )
         enabled = isinstance(info, bytes) and b"cluster_enabled:1" in info
         if self._cluster_option is None:
             self.cluster = enabled
