@@ -154,6 +154,9 @@ def _check_live(page: Page) -> None:
     lines = page.locator(".echo-plot-lines").inner_text()
     assert lines == "4", lines  # one line per sensor
     assert page.locator(".echo-plot-figure path.line").count() >= 4
+    # the newest sensor readings, and the consumer of the orders (with its errors)
+    assert page.locator(".echo-monitor-newest table tr").count() > 1
+    page.locator(".echo-monitor-consumers td", has_text="pack").first.wait_for(timeout=10_000)
     # the explorer lists the group of the orders topic
     page.locator('.echo-explorer-groups tr[data-group="packers"]').wait_for(timeout=10_000)
 

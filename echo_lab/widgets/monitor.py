@@ -22,6 +22,7 @@ import ipywidgets as widgets
 import orjson
 
 from ..codec import decode
+from ..consumer import Subscription
 from ..errors import DecodeError
 from ..ids import Position, parse_start
 from ..message import Envelope
@@ -421,7 +422,8 @@ class Monitor(widgets.VBox):
         """One dict per running consumer of this stream (in this process): ``handler,
         topics, group, consumer, handled, rate, errors, dead_lettered, last_error``."""
         out = []
-        for sub in sorted(self.stream._subscriptions, key=lambda s: (s.topics, id(s))):
+        subs = [s for s in list(self.stream._subscriptions) if isinstance(s, Subscription)]
+        for sub in sorted(subs, key=lambda s: (s.topics, id(s))):
             st = sub.stats
             out.append(
                 {
