@@ -824,7 +824,9 @@ def _format(path: Path) -> str:
 def save_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a frame to Parquet, CSV or JSON Lines, chosen by the suffix of ``path``.
 
-    Timestamps keep microseconds and UTC in all three formats. Returns the path.
+    Timestamps keep microseconds and UTC in all three formats, and :func:`load` gives back an
+    equal frame. Limits of CSV: list fields come back as text, and datetimes other than
+    ``ts`` as strings. Returns the path.
     """
     path = Path(path)
     fmt = _format(path)

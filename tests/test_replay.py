@@ -96,3 +96,14 @@ def test_replay_rejects_what_it_cannot_do(stream: el.Stream, topic: str) -> None
         el.replay([1, 2], stream, topic=topic)
     el.replay(frame, stream, topic=topic, speed=None, block=True, progress=False)
     assert [e.data for e in stream.history(topic)] == [{"v": 1}, {"v": 2}]
+
+
+def test_blocking_replay_shows_progress(
+    stream: el.Stream, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handle = el.replay(
+        _spaced_frame(20, gap_ms=10), stream, topic=topic, block=True, progress=True
+    )
+    assert handle.sent == 20
+    err = capsys.readouterr().err
+    assert "replay" in err and "20/20" in err
