@@ -34,7 +34,7 @@ def test_monitor_counts_bytes_rates_newest_and_new_topics(stream: el.Stream, top
         monitor.refresh()
         assert _row(monitor, topic)["rate"] > 0
         # the newest messages of the chosen topic, newest first, decoded only when shown
-        assert [e.data["n"] for e in monitor.newest(topic)] == list(range(49, 41, -1))
+        assert [e.data["n"] for e in monitor.newest(topic)] == list(range(49, 43, -1))
         # a topic created later appears by itself, counted from its first message
         other = f"o-{uuid.uuid4().hex[:8]}"
         for i in range(3):
@@ -246,8 +246,12 @@ def test_monitor_is_throttled_and_drops_deleted_topics(stream: el.Stream, topic:
         monitor.close()
     # a closed stream stops its widgets' timers by themselves
     other = stream.monitor(interval=0.1)
+    plot = stream.capture(topic).plot("x", interval=0.1)
+    explorer = stream.explore(interval=0.1)
     stream.close()
     assert wait_until(lambda: not other.ticker.running, 10)
+    assert wait_until(lambda: not plot.ticker.running, 10)
+    assert wait_until(lambda: not explorer.ticker.running, 10)
 
 
 def test_monitor_shows_consumers_and_their_errors(stream: el.Stream, topic: str) -> None:

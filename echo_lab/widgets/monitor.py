@@ -122,7 +122,7 @@ class Monitor(widgets.VBox):
         interval: float = 0.25,
         rate_window: float = 5.0,
         discover: float = 1.0,
-        newest: int = 8,
+        newest: int = 6,
         topics: str | None = None,
     ) -> None:
         parse_start(start)

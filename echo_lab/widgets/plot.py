@@ -152,6 +152,9 @@ class LivePlot(widgets.VBox):
         return newest or time.time_ns()
 
     def _tick(self) -> None:
+        if self.capture.stream._closed:  # nothing will come any more: stop redrawing
+            self.ticker.stop()
+            return
         with self._lock:
             self._add(self._read_new())
             self._draw()
