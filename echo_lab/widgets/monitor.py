@@ -69,7 +69,7 @@ class TopicStats:
 
     def rate(self, window: float, now: float) -> float:
         """Messages per second over the last ``window`` seconds (from the samples)."""
-        samples = self.samples
+        samples = list(self.samples)  # a snapshot: the timer appends from another thread
         if not samples:
             return 0.0
         t_old, m_old = samples[0]
