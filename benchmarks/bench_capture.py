@@ -28,7 +28,7 @@ from .common import Row
 
 N = 1_000_000
 M = 200_000
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _rows(n: int) -> list[dict]:
