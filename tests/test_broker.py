@@ -321,3 +321,20 @@ def test_stop_releases_the_port_and_threads(broker_factory) -> None:
     handle.stop()
     assert _port_is_closed(port)
     assert wait_until(lambda: threading.active_count() <= before)
+
+
+def test_big_batches_are_split_and_oversized_messages_refused(broker_factory) -> None:
+    handle = broker_factory(max_frame=64 << 10)
+    with el.connect(handle.url) as stream:
+        blob = "x" * 20_000
+        ids = stream.publish_many("big", [{"n": i, "blob": blob} for i in range(20)])
+        assert len(ids) == 20  # 400 kB in frames under 64 kB each
+        got = stream.take("big", 20, timeout=10, start="0")
+        assert [e.data["n"] for e in got] == list(range(20))
+        with pytest.raises(ValueError, match="larger than the broker's max_frame"):
+            stream.publish("big", {"blob": "y" * 100_000})
+        assert stream.publish("big", {"still": "connected"})
+        many = stream.publish_many("many", [{"n": i} for i in range(12_001)])
+        history = stream.history("many")  # fetched in pages
+        assert [e.id for e in history] == many
+        assert len(stream.history("many", count=7000)) == 7000

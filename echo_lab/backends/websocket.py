@@ -35,6 +35,8 @@ __all__ = ["AuthenticationError", "BrokerError", "WebSocketBackend"]
 
 logger = logging.getLogger("echo_lab.websocket")
 
+_PAGE = 5000  # history entries per request
+
 _OPTIONS = ("token", "connect_timeout", "reconnect_timeout", "credit", "max_frame")
 
 
@@ -56,6 +58,11 @@ class RequestError(BrokerError, ValueError):
 
 class _Lost(Exception):
     """The connection dropped before the reply came (the request is retried)."""
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__(f"connection lost ({code} {reason})")
+        self.code = code
+        self.reason = reason
 
 
 def _error(code: str, message: str) -> Exception:
@@ -140,6 +147,7 @@ class WebSocketBackend(Backend):
         self._sub_ids = itertools.count(1)
         self._connected_once = False
         self._closed = False
+        self._max_frame_out = (1 << 20) - 4096  # the broker's max_frame, less room for framing
         #: How many times the connection was re-established after being lost.
         self.reconnects = 0
 
@@ -230,6 +238,9 @@ class WebSocketBackend(Backend):
         if reply.get("op") != "ok":
             await ws.close()
             raise _error(reply.get("code", "internal"), reply.get("message", str(reply)))
+        limits = (reply.get("result") or {}).get("limits") or {}
+        if isinstance(limits.get("max_frame"), int):
+            self._max_frame_out = max(limits["max_frame"] - 4096, 1024)
         self._ws = ws
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
         if self._connected_once:
@@ -310,11 +321,16 @@ class WebSocketBackend(Backend):
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(_Lost())
+                fut.set_exception(_Lost(*self._close_info(ws)))
         if not self._closed:
             logger.warning("lost the connection to %s; reconnecting", self._where())
             if self._subs and (self._reconnector is None or self._reconnector.done()):
                 self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    @staticmethod
+    def _close_info(ws: ClientConnection) -> tuple[int | None, str]:
+        rcvd = ws.protocol.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
     async def _reconnect(self) -> None:
         while not self._closed and self._subs:
@@ -331,30 +347,48 @@ class WebSocketBackend(Backend):
                 await asyncio.sleep(1.0)
 
     # -- requests -----------------------------------------------------------------------------
-    async def _start(self, frame: dict[str, Any]) -> asyncio.Future[Any]:
-        """Send a request; return the future of its reply (``_Lost`` if the link drops)."""
+    async def _start(
+        self, frame: dict[str, Any], body: bytes | None = None
+    ) -> asyncio.Future[Any]:
+        """Send a request (``body``: the frame already encoded, without its rid); return the
+        future of its reply (it fails with ``_Lost`` if the connection drops)."""
         while True:
             ws = await self._ready()
             rid = next(self._rids)
-            frame["rid"] = rid
+            if body is None:
+                frame["rid"] = rid
+                data = _dumps(frame)
+            else:
+                data = b'%s,"rid":%d}' % (body[:-1], rid)
             fut = asyncio.get_running_loop().create_future()
             self._pending[rid] = fut
             try:
-                await ws.send(_dumps(frame), text=True)
+                await ws.send(data, text=True)
             except ConnectionClosed:
                 self._pending.pop(rid, None)
                 self._lost(ws)
                 continue
             return fut
 
-    async def _call(self, frame: dict[str, Any]) -> Any:
-        """Send a request and return its result, retrying across reconnections."""
-        while True:
-            fut = await self._start(frame)
+    async def _call(self, frame: dict[str, Any], body: bytes | None = None) -> Any:
+        """Send a request and return its result, retrying across reconnections (a request
+        that keeps killing the connection is given up after a few attempts)."""
+        for attempt in range(1, 6):
+            fut = await self._start(frame, body)
             try:
                 return await fut
-            except _Lost:
-                continue
+            except _Lost as lost:
+                if lost.code == 1009:
+                    raise ValueError(
+                        f"{self._where()} refused a {frame['op']} frame as too large "
+                        f"({lost.reason or 'message too big'})"
+                    ) from None
+                if attempt == 5:
+                    raise BackendConnectionError(
+                        f"{self._where()} dropped the connection during {frame['op']} "
+                        f"{attempt} times ({lost.code} {lost.reason})"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, frame: dict[str, Any]) -> None:
         """Send a frame that needs no reply, if connected (else drop it)."""
@@ -365,16 +399,25 @@ class WebSocketBackend(Backend):
 
     # -- Backend API ----------------------------------------------------------------------------
     async def append(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
-        if not entries:
-            return []
-        if len(entries) == 1:
-            frame = {"op": "publish", "topic": topic, "fields": entries[0], "maxlen": maxlen}
-            return await self._call(frame)
         ids: list[str] = []
-        for i in range(0, len(entries), 5000):
-            chunk = entries[i : i + 5000]
-            frame = {"op": "publish", "topic": topic, "entries": chunk, "maxlen": maxlen}
-            ids += await self._call(frame)
+        step, i, limit = 5000, 0, self._max_frame_out
+        while i < len(entries):
+            chunk = entries[i : i + step]
+            if len(chunk) == 1:
+                frame = {"op": "publish", "topic": topic, "fields": chunk[0], "maxlen": maxlen}
+            else:
+                frame = {"op": "publish", "topic": topic, "entries": chunk, "maxlen": maxlen}
+            body = _dumps(frame)
+            if len(body) > limit:
+                if len(chunk) == 1:
+                    raise ValueError(
+                        f"cannot publish to {topic!r}: a message of {len(body)} bytes is larger "
+                        f"than the broker's max_frame ({limit + 4096} bytes)"
+                    )
+                step = max(1, len(chunk) * limit // len(body))  # big entries: smaller batches
+                continue
+            ids += await self._call(frame, body)
+            i += len(chunk)
         return ids
 
     async def cursor(self, topic: str, start: Position) -> Cursor:
@@ -393,15 +436,18 @@ class WebSocketBackend(Backend):
     async def range(
         self, topic: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[RawEntry]:
-        frame = {"op": "history", "topic": topic, "start": start, "end": end, "count": count}
-        fut = await self._start(frame)
-        while True:
-            try:
-                result = await fut
+        out: list[RawEntry] = []
+        while count is None or len(out) < count:  # in pages, so no frame gets huge
+            page = _PAGE if count is None else min(_PAGE, count - len(out))
+            frame = {"op": "history", "topic": topic, "start": start, "end": end}
+            frame["count"] = page
+            result = await self._call(frame)
+            out += [(e[0], e[1]) for e in result]
+            if len(result) < page:
                 break
-            except _Lost:
-                fut = await self._start(frame)
-        return [(e[0], e[1]) for e in result]
+            ms, _, seq = result[-1][0].partition("-")
+            start = f"{ms}-{int(seq or 0) + 1}"
+        return out
 
     async def topics(self) -> list[str]:
         return await self._call({"op": "topics"})

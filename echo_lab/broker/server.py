@@ -42,6 +42,8 @@ logger = logging.getLogger("echo_lab.broker")
 
 #: Entries read from the backend per deliver frame (at most; credit may make it fewer).
 DELIVER_BATCH = 512
+#: A deliver frame larger than this is split into several.
+DELIVER_BYTES = 1 << 20
 
 #: Default limits of a broker (override any of them as keyword arguments).
 DEFAULT_LIMITS: dict[str, Any] = {
@@ -202,7 +204,13 @@ class _Sub:
                     return
                 self.credit -= len(entries)
                 stats["delivered"] += len(entries)
-                if not await conn.send_raw(head + dumps(entries) + b"}"):
+                data = dumps(entries)
+                if len(data) > DELIVER_BYTES and len(entries) > 1:  # big entries: split
+                    step = max(1, len(entries) * DELIVER_BYTES // len(data))
+                    for i in range(0, len(entries), step):
+                        if not await conn.send_raw(head + dumps(entries[i : i + step]) + b"}"):
+                            return
+                elif not await conn.send_raw(head + data + b"}"):
                     return
         except asyncio.CancelledError:
             raise
