@@ -3,9 +3,10 @@
 A :class:`Capture` reads raw entries with the backend's cursors on the runtime loop and keeps
 them compact: per read batch (up to 2048 entries), one buffer of ids and one buffer of the
 messages' JSON, one per line. No envelope, dict or DataFrame is made per message. Full
-segments (up to 65,536 rows) are parsed into Arrow tables by low-priority background threads
-with Arrow's JSON reader (nested objects become ``a.b`` columns, missing fields nulls, numbers
-stay numeric); :meth:`Capture.frame` parses what is left on all cores and converts once.
+segments (up to 65,536 rows) are parsed into Arrow tables with Arrow's JSON reader (nested
+objects become ``a.b`` columns, missing fields nulls, numbers stay numeric): by low-priority
+background threads once the stream is idle for a moment (never while it is busy, so parsing
+does not slow consumers down), else by :meth:`Capture.frame` on all cores.
 What Arrow cannot type (a field that is a number in one message and a string in another)
 falls back to orjson plus ``DataFrame.from_records`` (an object column).
 
@@ -65,6 +66,7 @@ _OURS = frozenset(("data", "type", "headers"))
 _OPT = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _TS = pa.timestamp("ns", tz="UTC")
 _BACKOFF_MAX = 5.0
+_IDLE = 0.5  # seconds without new entries after which full segments are parsed
 
 
 class _Chunk:
@@ -417,13 +419,14 @@ _PARSER = concurrent.futures.ThreadPoolExecutor(
 
 
 class _Segment:
-    """Consecutive captured rows: chunks being filled, then parsed in the background.
+    """Consecutive captured rows: chunks being filled, then parsed.
 
-    A full segment is queued for a low-priority parser thread. Whoever needs its rows first
-    (``frame()``, or the parser) parses it; the chunks are released once it is parsed.
+    A full segment is parsed by whoever needs its rows first: ``frame()`` (on all cores), or
+    a low-priority parser thread once the capture is idle (so parsing never competes with a
+    busy stream's consumers). Its chunks are released once it is parsed.
     """
 
-    __slots__ = ("chunks", "first", "future", "lock", "n", "parsed", "schema")
+    __slots__ = ("chunks", "first", "full", "future", "lock", "n", "parsed", "schema")
 
     def __init__(self, first: int, schema: list[pa.Schema | None]) -> None:
         self.first = first  # row number of its first row
@@ -433,10 +436,12 @@ class _Segment:
         self.future: concurrent.futures.Future[Part] | None = None
         self.parsed: tuple[tuple[int, int], Part] | None = None  # ((first, n), part)
         self.lock = threading.Lock()
+        self.full = False
 
-    def close(self) -> None:
-        """The segment is full: parse it in the background."""
-        self.future = _PARSER.submit(self._parse_full, False)
+    def submit(self) -> None:
+        """Parse this full segment in the background (if nobody did yet)."""
+        if self.future is None and self.parsed is None:
+            self.future = _PARSER.submit(self._parse_full, False)
 
     def _parse_full(self, threads: bool) -> Part:
         with self.lock:
@@ -449,8 +454,7 @@ class _Segment:
     def part(self) -> Part:
         """The rows of a full segment, parsed (if still queued, parsed here on all cores)."""
         future = self.future
-        assert future is not None
-        if future.cancel():  # still queued: do not wait for the background thread
+        if future is None or future.cancel():  # not started: do not wait for the background
             return self._parse_full(True)
         return future.result()
 
@@ -529,6 +533,7 @@ class Capture:
         self._segments: collections.deque[_Segment] = collections.deque(
             [_Segment(0, self._schema)]
         )
+        self._unparsed: list[_Segment] = []  # full segments to parse once idle
         self._skip = 0  # rows of the first segment dropped by the ring
         self._count = 0  # rows captured since the start
         self._lock = threading.Lock()
@@ -561,6 +566,8 @@ class Capture:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     break
+                if self._unparsed:  # wake up when idle, to parse full segments then
+                    wait = _IDLE if wait is None else min(wait, _IDLE)
                 try:
                     batch = await cursor.read(self.batch, wait)
                     delay = 0.1
@@ -572,7 +579,12 @@ class Capture:
                 if not batch:
                     if self.stream._closed:
                         break
-                    if wait is None:  # a reader woken without entries: do not spin
+                    if self._unparsed:  # idle: parse full segments in the background now
+                        with self._lock:
+                            for seg in self._unparsed:
+                                seg.submit()
+                            self._unparsed.clear()
+                    elif wait is None:  # a reader woken without entries: do not spin
                         await asyncio.sleep(0.01)
                     continue
                 if self.n is not None:
@@ -596,7 +608,8 @@ class Capture:
                 seg.n += chunk.n
                 self._count += chunk.n
                 if seg.n >= self._segment_rows:
-                    seg.close()
+                    seg.full = True
+                    self._unparsed.append(seg)
                     self._segments.append(_Segment(self._count, self._schema))
                 self._trim()
         return self.n is not None and self._count >= self.n
@@ -614,11 +627,13 @@ class Capture:
                 excess -= left
                 if head.future is not None:
                     head.future.cancel()
+                if head in self._unparsed:
+                    self._unparsed.remove(head)
             else:
                 self._skip += excess
                 excess = 0
         head = segments[0]
-        if head.future is None and self._skip >= 4 * self.batch:  # the open one: drop chunks
+        if not head.full and self._skip >= 4 * self.batch:  # the open one: drop chunks
             while head.chunks and head.chunks[0].n <= self._skip:
                 dropped = head.chunks.pop(0)
                 head.first += dropped.n
@@ -713,7 +728,7 @@ class Capture:
             segments = list(self._segments)
             start = max(k, segments[0].first + self._skip)
             picked = [
-                (s, s.first, s.n, None if s.future is not None else list(s.chunks))
+                (s, s.first, s.n, None if s.full else list(s.chunks))
                 for s in segments
                 if s.first + s.n > start and s.n
             ]

@@ -143,6 +143,9 @@ def test_big_capture_spans_background_segments(stream: el.Stream, topic: str) ->
     for start in range(0, len(rows), 2_000):
         stream.publish_many(topic, rows[start : start + 2_000])
     assert wait_until(lambda: cap.count == len(rows), 30)
+    full = [s for s in cap._segments if s.full]
+    assert full  # parsed in the background once the stream is idle, chunks released
+    assert wait_until(lambda: all(s.parsed is not None and not s.chunks for s in full), 10)
     cap.stop()
     df = cap.frame()
     assert len(df) == 16_384 and df["i"].tolist() == list(range(20_000 - 16_384, 20_000))
