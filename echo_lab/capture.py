@@ -418,6 +418,12 @@ _PARSER = concurrent.futures.ThreadPoolExecutor(
 )
 
 
+#: Parsing for ``frame()``: the segments it needs, in parallel at normal priority.
+_FRAME_POOL = concurrent.futures.ThreadPoolExecutor(
+    max_workers=max(os.cpu_count() or 2, 2), thread_name_prefix="echo-lab-frame"
+)
+
+
 class _Segment:
     """Consecutive captured rows: chunks being filled, then parsed.
 
@@ -451,20 +457,20 @@ class _Segment:
                 self.chunks = []
             return self.parsed[1]
 
-    def part(self) -> Part:
-        """The rows of a full segment, parsed (if still queued, parsed here on all cores)."""
+    def part(self, threads: bool = True) -> Part:
+        """The rows of a full segment, parsed (if still queued, parsed here, now)."""
         future = self.future
         if future is None or future.cancel():  # not started: do not wait for the background
-            return self._parse_full(True)
+            return self._parse_full(threads)
         return future.result()
 
-    def open_part(self, first: int, n: int, chunks: list[_Chunk]) -> Part:
+    def open_part(self, first: int, n: int, chunks: list[_Chunk], threads: bool = True) -> Part:
         """The rows of the open segment as they were (``first``, ``n``, ``chunks``)."""
         with self.lock:
             cached = self.parsed
             if cached is not None and cached[0] == (first, n):
                 return cached[1]
-            part = _parse_chunks(chunks, True, self.schema)
+            part = _parse_chunks(chunks, threads, self.schema)
             self.parsed = ((first, n), part)
             return part
 
@@ -732,10 +738,16 @@ class Capture:
                 for s in segments
                 if s.first + s.n > start and s.n
             ]
-        parts = []
-        for seg, first, n, chunks in picked:
-            part = seg.part() if chunks is None else seg.open_part(first, n, chunks)
-            parts.append(_slice(part, max(start - first, 0)))
+        threads = len(picked) == 1  # one segment: Arrow's threads; several: one per thread
+
+        def parse(item: tuple[_Segment, int, int, list[_Chunk] | None]) -> Part:
+            seg, first, n, chunks = item
+            part = (
+                seg.part(threads) if chunks is None else seg.open_part(first, n, chunks, threads)
+            )
+            return _slice(part, max(start - first, 0))
+
+        parts = [parse(picked[0])] if threads else list(_FRAME_POOL.map(parse, picked))
         frame = _combine(parts)
         frame.attrs["next_row"] = end
         return frame
