@@ -282,6 +282,7 @@ class _Conn:
         self.lane: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.limits["lane_depth"])
         self.lane_busy = False
         self.lane_task: asyncio.Task[None] | None = None
+        self.background: set[asyncio.Future[Any]] = set()
 
     # -- sending ---------------------------------------------------------------------------
     async def send(self, frame: dict[str, Any]) -> bool:
@@ -302,6 +303,17 @@ class _Conn:
         except ConnectionClosed:
             return False
         return True
+
+    def send_soon(self, data: bytes) -> None:
+        """Send from a callback: ``send_raw`` run at once, finished in a task if it waits."""
+        coro = self.send_raw(data)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        task = asyncio.ensure_future(_Resume(coro, waiting_on))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def slow(self) -> None:
         """The client stopped reading: count it and drop the connection at once."""
@@ -497,10 +509,12 @@ class _Conn:
         maxlen = min(frame["maxlen"] or self.limits["default_maxlen"], self.limits["max_maxlen"])
         ids = await self.broker.backend.append(frame["topic"], entries, maxlen)
         self.broker.stats["published"] += len(ids)
-        if frame["topic"] in self.broker.watched:
+        if frame["topic"] in self.broker.watched and frame["rid"] is not None:
             # Local subscribers were just woken: let them deliver before the publisher's
             # acknowledgement is written (delivery latency over acknowledgement latency).
-            await asyncio.sleep(0)
+            reply = dumps({"op": "ok", "rid": frame["rid"], "result": ids})
+            asyncio.get_running_loop().call_soon(self.send_soon, reply)
+            return _NO_REPLY
         return ids
 
     async def op_subscribe(self, frame: dict[str, Any]) -> Any:
