@@ -3,12 +3,16 @@ plus topics spread over every node."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 import echo_lab as el
 from tests.conformance import test_groups_reliability as groups
 from tests.conformance import test_publish_consume as basics
 from tests.fixtures.redis import RedisCluster
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -64,3 +68,52 @@ def test_a_plain_url_of_a_cluster_node_is_detected(redis_cluster: RedisCluster):
         ids = stream.publish_many("a", [{"n": i} for i in range(10)])
         assert [e.id for e in stream.take("a", 10, timeout=5, start="0")] == ids
         stream.delete("a")
+
+
+def test_a_stale_slot_map_is_corrected_on_moved(redis_cluster_url: str):
+    with el.connect(redis_cluster_url) as stream:
+        backend = stream.backend
+        first = backend._slot_nodes[0][1]
+        refreshed: dict[str, list[bool]] = {"sync": [], "async": [], "read": []}
+
+        def stale_then(kind: str, action: Callable[[], Any]) -> Any:
+            backend._slot_nodes = [(end, first) for end, _ in backend._slot_nodes]
+            result = action()
+            refreshed[kind].append(len(set(backend._primaries())) == 3)
+            return result
+
+        for i in range(12):
+            name = f"moved-{i}"
+            stale_then("sync", lambda name=name: stream.publish(name, {"n": 1}))
+            stale_then(
+                "async", lambda name=name: stream.runtime.run(stream.apublish(name, {"n": 2}))
+            )
+            got = stale_then(
+                "read", lambda name=name: stream.take(name, 2, timeout=5, start="0", group="g")
+            )
+            assert [e.data["n"] for e in got] == [1, 2]
+        # keys on the other nodes got MOVED, and the map was read again each time
+        assert all(any(flags) for flags in refreshed.values())
+
+
+def test_running_consumers_follow_moved(redis_cluster_url: str):
+    with el.connect(redis_cluster_url) as stream:
+        backend = stream.backend
+        names = [f"follow-{i}" for i in range(6)]
+        fan: list[tuple[str, int]] = []
+        grp: list[tuple[str, int]] = []
+        subs = [stream.on(name, lambda e: fan.append((e.topic, e.data["n"]))) for name in names]
+        subs += [
+            stream.on(name, lambda e: grp.append((e.topic, e.data["n"])), group="g")
+            for name in names
+        ]
+        first = backend._slot_nodes[0][1]
+        for cursor in list(backend._cursors):  # every cursor now talks to the wrong node
+            cursor._link = type(cursor._link)(backend, first)
+        for name in names:
+            stream.publish(name, {"n": 1})
+        want = sorted((name, 1) for name in names)
+        assert wait_until(lambda: sorted(fan) == want and sorted(grp) == want, timeout=10)
+        assert all(sub.running and sub.stats.read_errors == 0 for sub in subs)
+        for sub in subs:
+            sub.stop()

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from redis import connection as sync_connection
 from redis.asyncio import connection as async_connection
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AskError, AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -516,7 +516,19 @@ class RedisBackend(Backend):
         return self._seed
 
     async def _refresh_slots(self) -> None:
+        """Re-read the cluster's slot map (at connect time and after a ``MOVED``)."""
         (reply,) = await self._admin_exec(self._seed, [("CLUSTER", "SLOTS")])
+        self._set_slots(reply)
+
+    def _refresh_slots_sync(self) -> None:
+        link = _SyncLink(self, self._seed)
+        try:
+            (reply,) = _with_retry_sync(link, [["CLUSTER", "SLOTS"]], self)
+        finally:
+            link.close()
+        self._set_slots(reply)
+
+    def _set_slots(self, reply: Any) -> None:
         if isinstance(reply, ResponseError):
             raise reply
         ranges = sorted(
@@ -691,7 +703,11 @@ class RedisBackend(Backend):
             return []
         key = self._key(topic)
         cmds = self._xadds(key, entries, maxlen)
-        return _ids(self._sync.submit(self._node(key), cmds), topic)
+        replies = self._sync.submit(self._node(key), cmds)
+        if self.cluster and any(_moved(r) for r in replies):  # not executed: send again
+            self._refresh_slots_sync()
+            replies = self._sync.submit(self._node(key), cmds)
+        return _ids(replies, topic)
 
     async def delete(self, topic: str) -> None:
         """Delete the stream key (its groups go with it)."""
@@ -869,7 +885,10 @@ def _ids(replies: list[Any], topic: str) -> list[str]:
 
 
 def _moved(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith(("MOVED", "ASK "))
+    """True for a cluster redirection (redis-py parses ``MOVED``/``ASK`` into AskError)."""
+    return isinstance(reply, AskError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith(("MOVED", "ASK "))
+    )
 
 
 def _translate(exc: ResponseError, topic: str = "", group: str = "") -> Exception:
@@ -993,22 +1012,25 @@ class _RedisGroupCursor(GroupCursor):
         self._closed = False
 
     async def _exec(self, *cmds: Sequence[Any]) -> list[Any]:
-        """Run ``cmds`` after the queued acks, in one pipeline; translate errors."""
-        n = len(self._acks)
-        if n:
-            cmds = (("XACK", self._key, self.group, *self._acks), *cmds)
-        replies = await self._link.execute(cmds)
-        if n:
-            del self._acks[:n]
-            replies = replies[1:]
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                if self._backend.cluster and _moved(reply):
-                    await self._backend._refresh_slots()
-                    await self._link.close()
-                    self._link = _Link(self._backend, self._backend._node(self._key))
-                raise _translate(reply, self.topic, self.group)
-        return replies
+        """Run ``cmds`` after the queued acks, in one pipeline; translate errors (a cluster's
+        ``MOVED`` is followed once: nothing was executed, so the pipeline is sent again)."""
+        for attempt in range(2):
+            n = len(self._acks)
+            full = (("XACK", self._key, self.group, *self._acks), *cmds) if n else cmds
+            replies = await self._link.execute(full)
+            if self._backend.cluster and attempt == 0 and any(_moved(r) for r in replies):
+                await self._backend._refresh_slots()
+                await self._link.close()
+                self._link = _Link(self._backend, self._backend._node(self._key))
+                continue
+            if n:
+                del self._acks[:n]
+                replies = replies[1:]
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise _translate(reply, self.topic, self.group)
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _deliveries(self, start: str, end: str, count: int) -> dict[bytes, int]:
         (rows,) = await self._exec(
