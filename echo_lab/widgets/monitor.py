@@ -289,7 +289,9 @@ class Monitor(widgets.VBox):
         for name in sorted(self.stats):
             if filtered and not self._matches(name):
                 continue
-            st = self.stats[name]
+            st = self.stats.get(name)
+            if st is None:  # dropped meanwhile (the topic was deleted)
+                continue
             out.append(
                 {
                     "topic": name,
@@ -377,7 +379,7 @@ class Monitor(widgets.VBox):
             if current in names:
                 self.topic.value = current
         if self._auto_topic and names:  # until the user picks one: the busiest topic
-            busiest = max(names, key=lambda n: self.stats[n].messages)
+            busiest = max(names, key=lambda n: getattr(self.stats.get(n), "messages", -1))
             if self.topic.value != busiest:
                 self.topic.value = busiest
         total = sum(st.messages for st in self.stats.values())
