@@ -70,16 +70,23 @@ _IDLE = 0.5  # seconds without new entries after which full segments are parsed
 
 
 class _Chunk:
-    """Up to one read batch of captured rows of one topic, stored compactly."""
+    """Up to one read batch of captured rows of one topic."""
 
     __slots__ = ("data", "ids", "n", "topic", "types")
 
     def __init__(
-        self, topic: str, ids: bytes, data: bytes, types: list[str | None] | None, n: int
+        self,
+        topic: str,
+        ids: bytes,
+        data: bytes | list[bytes | str],
+        types: list[str | None] | None,
+        n: int,
     ) -> None:
         self.topic = topic
         self.ids = ids  # b"\n"-joined ids
-        self.data = data  # b"\n"-joined JSON objects (one line each)
+        # the messages' JSON: as read (joined when parsed, off the runtime loop), or
+        # b"\n"-joined compact JSON objects
+        self.data = data
         self.types = types  # None when no entry has a type
         self.n = n
 
@@ -143,17 +150,38 @@ def _chunk_of(topic: str, batch: Sequence[RawEntry]) -> tuple[_Chunk | None, int
         types = types_l if any(t is not None for t in types_l) else None
     if not ids:
         return None, bad
+    return _Chunk(topic, "\n".join(ids).encode(), datas, types, len(ids)), bad
+
+
+def _joined(chunks: Sequence[_Chunk]) -> bytes:
+    """The chunks' JSON as one buffer, one object per line."""
+    if len(chunks) == 1 and isinstance(chunks[0].data, bytes):
+        return chunks[0].data
+    pieces: list[Any] = []
+    for c in chunks:
+        if isinstance(c.data, bytes):
+            pieces.append(c.data)
+        else:
+            pieces.extend(c.data)
     try:
-        data = b"\n".join(datas)
+        data = b"\n".join(pieces)
     except TypeError:  # some values are str (a backend that decodes responses)
-        datas = [_as_bytes(d) for d in datas]
-        data = b"\n".join(datas)
-    if data.count(b"\n") != len(datas) - 1:  # a writer's JSON spans lines: make it compact
-        data = b"\n".join(_compact(d) for d in datas)
-    return _Chunk(topic, "\n".join(ids).encode(), data, types, len(ids)), bad
+        pieces = [_as_bytes(p) for p in pieces]
+        data = b"\n".join(pieces)
+    if data.count(b"\n") != sum(c.n for c in chunks) - 1:  # a writer's JSON spans lines
+        pieces = []
+        for c in chunks:
+            if isinstance(c.data, bytes):
+                pieces.append(c.data)
+            else:
+                pieces.extend(_compact(_as_bytes(d)) for d in c.data)
+        data = b"\n".join(pieces)
+    return data
 
 
 def _compact(raw: bytes) -> bytes:
+    if b"\n" not in raw and b"\r" not in raw:
+        return raw
     try:
         return orjson.dumps(orjson.loads(raw), option=_OPT)
     except orjson.JSONDecodeError:
@@ -321,8 +349,7 @@ def _parse_chunks(
 ) -> Part:
     """Parse captured chunks into one part: meta columns, then the data fields."""
     n = sum(c.n for c in chunks)
-    data = chunks[0].data if len(chunks) == 1 else b"\n".join([c.data for c in chunks])
-    fields = _parse_json(data, n, threads, schema)
+    fields = _parse_json(_joined(chunks), n, threads, schema)
     meta = _meta(chunks)
     if isinstance(fields, pa.Table):
         arrays = meta.columns + fields.columns

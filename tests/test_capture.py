@@ -167,12 +167,15 @@ def test_foreign_entries_do_not_block_the_capture(stream: el.Stream, topic: str)
     append = stream.backend.append
     stream.runtime.run(append(topic, [{"temp": b"21.5", "sensor": b"x"}], stream.maxlen))
     stream.publish(topic, {"temp": 22.5})
-    _captured(cap, 2)
+    pretty = b'{\n  "temp": 23.5,\n  "sensor": "y"\n}'  # JSON written over several lines
+    stream.runtime.run(append(topic, [{"data": pretty}, {"data": b"{not json"}], stream.maxlen))
+    stream.publish(topic, {"temp": 24.5})
+    _captured(cap, 5)
     df = cap.stop().frame()
-    assert df["temp"].tolist() == ["21.5", 22.5] or df["temp"].astype(float).tolist() == [
-        21.5,
-        22.5,
-    ]
+    assert len(df) == 5
+    assert df["temp"].tolist()[1:3] == [22.5, 23.5] and df["sensor"].tolist()[2] == "y"
+    assert str(df["temp"].iloc[0]) == "21.5" and df["temp"].iloc[4] == 24.5
+    assert pd.isna(df["temp"].iloc[3])  # the undecodable entry is an empty row
 
 
 def test_stream_frame_is_the_retained_history(stream: el.Stream, topic: str) -> None:
