@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,10 +29,12 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from ..backends import Backend, backend_from_url
 from ..backends.base import Cursor, GroupCursor
+from ..backends.memory import MemoryBackend
 from ..errors import GroupError
 from .protocol import PROTOCOL_VERSION, FrameError, dumps, parse_frame
 
@@ -125,6 +127,7 @@ class Broker:
             close_timeout=2,
             server_header=None,
             process_request=_http_page,
+            create_connection=_ServerConnection,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         logger.info("echo_lab broker on %s serving %s", self.url, self.backend.url)
@@ -152,6 +155,32 @@ class Broker:
             self.stats["open_connections"] -= 1
             self._conns.discard(conn)
             await conn.cleanup()
+
+
+class _ServerConnection(ServerConnection):
+    """Hands complete frames to ``on_frame`` as they are parsed (no reader-task hop), while
+    nothing is queued before them; everything else goes through ``recv()`` as usual."""
+
+    on_frame: Callable[[Frame], bool] | None = None
+    queued = 0  #: complete messages in the recv() queue, not yet handled
+
+    def process_event(self, event: Any) -> None:
+        if type(event) is Frame and event.opcode in _DATA:
+            handler = self.on_frame
+            if (
+                handler is not None
+                and not self.queued
+                and event.fin
+                and event.opcode is not Opcode.CONT
+                and handler(event)
+            ):
+                return
+            if event.fin:
+                self.queued += 1
+        super().process_event(event)
+
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class _Sub:
@@ -283,6 +312,11 @@ class _Conn:
         self.lane_busy = False
         self.lane_task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Future[Any]] = set()
+        self.blocker: asyncio.Future[Any] | None = None
+        # Frames are handled as they are parsed only for in-process storage, whose calls
+        # never need a current task (Redis clients use timeouts, which do).
+        self.direct = isinstance(broker.backend, MemoryBackend)
+        ws.on_frame = self.on_frame  # type: ignore[attr-defined]
 
     # -- sending ---------------------------------------------------------------------------
     async def send(self, frame: dict[str, Any]) -> bool:
@@ -328,8 +362,11 @@ class _Conn:
         if counter:
             self.broker.stats["disconnects"][counter] += 1
         self.closing = True
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+        # In a task of its own: closing waits for the client (and may be called from a
+        # frame handled outside any task).
+        task = asyncio.ensure_future(self.ws.close(code, reason))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     # -- receiving -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -353,10 +390,42 @@ class _Conn:
                             "unauthorized",
                         )
                         return
+                blocker = self.blocker
+                if blocker is not None and not blocker.done():
+                    await blocker
                 stats["frames_in"] += 1
                 await self._frame(data)
+                ws.queued -= 1  # type: ignore[attr-defined]
         except ConnectionClosed:
             pass
+
+    def on_frame(self, event: Frame) -> bool:
+        """Handle a complete frame as soon as it is parsed, if nothing is queued before it
+        (``False``: queue it for :meth:`run`). Work that must wait finishes in a task that
+        later frames wait for, so frames are always handled in order."""
+        blocker = self.blocker
+        if (
+            not self.direct
+            or not self.authed
+            or self.closing
+            or (blocker is not None and not blocker.done())
+        ):
+            return False
+        if event.opcode is Opcode.TEXT:
+            try:
+                data: str | bytes = event.data.decode()
+            except UnicodeDecodeError:
+                return False  # websockets closes the connection (1007)
+        else:
+            data = event.data
+        self.broker.stats["frames_in"] += 1
+        coro = self._frame(data)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return True
+        self.blocker = asyncio.ensure_future(_Resume(coro, waiting_on))
+        return True
 
     async def _auth_from_request(self) -> bool:
         """Accept a token from ``?token=`` or ``Authorization: Bearer``; refuse a wrong one."""
@@ -458,6 +527,10 @@ class _Conn:
 
     async def cleanup(self) -> None:
         self.closing = True
+        if self.background:  # a close handshake under way: let it finish (bounded)
+            await asyncio.wait(set(self.background), timeout=3)
+        if self.blocker is not None and not self.blocker.done():
+            self.blocker.cancel()
         if self.lane_task is not None:
             self.lane_task.cancel()
             with contextlib.suppress(BaseException):
