@@ -2,9 +2,10 @@
 
 * capture + ``frame()`` of N = 1,000,000 messages already in a topic (memory backend, read
   from ``start="0"``) against ``DataFrame.from_records`` of the same dicts (raw, msg/s);
-* the capture's peak memory while it records (tracemalloc's peak of Python allocations plus
-  the Arrow memory of segments parsed in the background) against the finished frame's
-  ``memory_usage(deep=True)`` (MB);
+* the capture's peak memory: what it holds once it has recorded N messages
+  (``Capture.memory_usage()``, counting the message bytes it shares with the memory
+  backend's log as its own) plus the transient peak of Python allocations while it recorded
+  (tracemalloc), against the finished frame's ``memory_usage(deep=True)`` (MB);
 * a fan-out consumer's msg/s reading M messages with and without a capture of the same
   topic attached (both on the runtime loop).
 """
@@ -20,7 +21,6 @@ import uuid
 from collections.abc import Callable
 
 import pandas as pd
-import pyarrow as pa
 
 import echo_lab as el
 
@@ -119,17 +119,15 @@ def run() -> list[Row]:
         del frame, expected
 
         gc.collect()
-        arrow_base = pa.total_allocated_bytes()
         tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         cap = stream.capture(topic, start="0", n=N, max_rows=N)
         cap.wait()
-        # Python objects at their peak, plus the Arrow tables already parsed in the background
-        # (Arrow's memory pool is not seen by tracemalloc)
-        peak = tracemalloc.get_traced_memory()[1] - base
-        peak += max(pa.total_allocated_bytes() - arrow_base, 0)
+        current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        # what the capture holds (message bytes shared with the memory backend's log counted
+        # as its own), plus the transient peak of Python allocations while it recorded
+        peak = cap.memory_usage() + (peak - current)
         frame = cap.frame()
         frame_bytes = frame.memory_usage(deep=True).sum()
         del cap, frame

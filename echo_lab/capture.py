@@ -25,6 +25,7 @@ import logging
 import math
 import operator
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -732,6 +733,31 @@ class Capture:
         """Rows captured since the start, including those the ring dropped (a row counter:
         row ``k`` is the ``k``-th captured message, counting from 0)."""
         return self._count
+
+    def memory_usage(self) -> int:
+        """Bytes held by the rows kept (the messages as read, or their parsed tables),
+        counting message bytes it shares with an in-process backend's log as its own."""
+        with self._lock:
+            segments = list(self._segments)
+        total = 0
+        for seg in segments:
+            parsed = seg.parsed
+            if seg.full and parsed is not None:
+                part = parsed[1]
+                total += (
+                    part.nbytes
+                    if isinstance(part, pa.Table)
+                    else int(part.memory_usage(deep=True).sum())
+                )
+                continue
+            for c in list(seg.chunks):
+                total += sys.getsizeof(c.ids) + sys.getsizeof(c.types or ())
+                data = c.data
+                if isinstance(data, list):
+                    total += sys.getsizeof(data) + sum(map(sys.getsizeof, data))
+                else:
+                    total += sys.getsizeof(data)
+        return total
 
     @property
     def elapsed(self) -> float:

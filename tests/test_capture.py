@@ -118,6 +118,7 @@ def test_max_rows_keeps_the_newest_rows(stream: el.Stream, topic: str) -> None:
     assert len(cap) == 100
     assert cap.frame()["i"].tolist() == list(range(2900, 3000))
     assert sum(len(s.chunks) for s in cap._segments) <= 3000 // 100  # memory stays bounded
+    assert 0 < cap.memory_usage() < 100 * 3000
 
 
 def test_since_and_tail_read_new_rows_cheaply(stream: el.Stream, topic: str) -> None:
