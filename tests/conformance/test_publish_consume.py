@@ -25,7 +25,7 @@ class Marco(el.Message):
     name: str = "Marco"
 
 
-class Reading(el.Message):
+class Thermometer(el.Message):
     topic = "readings"
     sensor: str
     temp: float
@@ -141,11 +141,11 @@ def test_retention_keeps_the_newest_maxlen(connect, topic):
 def test_typed_messages_come_back_as_instances(stream):
     got: list[el.Envelope] = []
     sub = stream.on("readings", got.append)
-    stream.publish(Reading("s1", 21.5))
+    stream.publish(Thermometer("s1", 21.5))
     assert wait_until(lambda: len(got) == 1)
     env = got[0]
-    assert env.topic == "readings" and env.type == "Reading"
-    assert isinstance(env.data, Reading) and env.data == Reading("s1", 21.5)
+    assert env.topic == "readings" and env.type == "Thermometer"
+    assert isinstance(env.data, Thermometer) and env.data == Thermometer("s1", 21.5)
     sub.stop()
 
 
