@@ -278,3 +278,16 @@ def test_import_echo_lab_stays_light() -> None:
         "assert el.load.__module__ == 'echo_lab.capture' and el.sensors.simulate\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_capture_from_an_id_or_a_datetime(stream: el.Stream, topic: str) -> None:
+    ids = stream.publish_many(topic, [{"i": i} for i in range(3)])
+    after_first = stream.capture(topic, start=ids[0], n=2)
+    since_epoch = stream.capture(topic, start=datetime(2000, 1, 1, tzinfo=UTC), n=3)
+    assert after_first.wait(10) and since_epoch.wait(10)
+    assert after_first.frame()["i"].tolist() == [1, 2]
+    assert since_epoch.frame()["id"].tolist() == ids
+    with pytest.raises(ValueError, match="start"):
+        stream.capture(topic, start="yesterday")
+    with pytest.raises(ValueError, match="max_rows"):
+        stream.capture(topic, max_rows=0)
