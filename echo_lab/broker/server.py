@@ -424,6 +424,10 @@ class _Conn:
             waiting_on = coro.send(None)
         except StopIteration:
             return True
+        except Exception:  # a bug: never let it reach the protocol parser
+            self.broker.stats["errors"] += 1
+            logger.exception("internal error handling a frame")
+            return True
         self.blocker = asyncio.ensure_future(_Resume(coro, waiting_on))
         return True
 
@@ -471,7 +475,8 @@ class _Conn:
             )
             return
         inline = _INLINE.get(op)
-        if inline is not None and frame.get("sub") in self.subs:
+        sub = frame.get("sub")  # validated only for the operations that take one
+        if inline is not None and type(sub) in (int, str) and sub in self.subs:
             await self._dispatch(inline, frame)
         elif self.lane.empty() and not self.lane_busy:
             # Nothing queued: run it now, and hand it to the lane only if it has to wait
