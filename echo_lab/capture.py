@@ -444,6 +444,17 @@ def _lower_priority() -> None:
 _PARSER = concurrent.futures.ThreadPoolExecutor(
     max_workers=2, thread_name_prefix="echo-lab-parse", initializer=_lower_priority
 )
+_QUEUED: set[concurrent.futures.Future[Any]] = set()
+
+
+def _cancel_queued() -> None:
+    """At interpreter exit, drop queued background parses instead of running them all."""
+    for future in list(_QUEUED):
+        future.cancel()
+
+
+# runs before concurrent.futures joins its workers (threading runs these in reverse order)
+getattr(threading, "_register_atexit", lambda f: None)(_cancel_queued)
 
 
 #: Parsing for ``frame()``: the segments it needs, in parallel at normal priority.
@@ -475,7 +486,9 @@ class _Segment:
     def submit(self) -> None:
         """Parse this full segment in the background (if nobody did yet)."""
         if self.future is None and self.parsed is None:
-            self.future = _PARSER.submit(self._parse_full, False)
+            self.future = future = _PARSER.submit(self._parse_full, False)
+            _QUEUED.add(future)
+            future.add_done_callback(_QUEUED.discard)
 
     def _parse_full(self, threads: bool) -> Part:
         with self.lock:
