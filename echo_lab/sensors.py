@@ -192,7 +192,9 @@ class Simulator:
         error: the exception that stopped it, if any.
     """
 
-    def __init__(self, stream: Stream, topic: str, n: int | None, seed: int, **options: Any):
+    def __init__(
+        self, stream: Stream, topic: str, n: int | None, seed: int, **options: Any
+    ) -> None:
         self.stream = stream
         self.topic = topic
         self.seed = seed
