@@ -531,8 +531,9 @@ class Capture:
     ``max_rows`` rows (the newest: a ring, bounded memory) and stops by itself after ``n``
     messages or ``timeout`` seconds if given. Use it as a context manager to stop it on exit.
 
-    Rows are stored compactly as they arrive and parsed into Arrow tables in the background,
-    segment by segment, so :meth:`frame` has little left to do.
+    Rows are stored as read (no per-message objects) and parsed into Arrow tables segment by
+    segment: in the background once the stream is idle, else by :meth:`frame`, in parallel.
+    :meth:`since` and :attr:`count` let a live view read only the new rows.
 
     Example:
         >>> with stream.capture("sensors", n=100) as cap:  # doctest: +SKIP
@@ -544,6 +545,15 @@ class Capture:
         topics: the captured topics.
         max_rows: how many rows are kept at most.
         undecodable: entries skipped because they could not be decoded.
+
+    Args:
+        stream: the stream to read.
+        topics: one topic or several.
+        start: ``"$"`` (new messages, default), ``"0"`` (all retained), an id or a datetime.
+        max_rows: rows kept at most (the newest).
+        n: stop after this many messages.
+        timeout: stop after this many seconds.
+        batch: entries read at a time.
     """
 
     def __init__(
