@@ -96,6 +96,21 @@ def _entries(items: list[Any]) -> list[RawEntry]:
     return [(id_.decode(), _fields(flat)) for id_, flat in items if flat is not None]
 
 
+def _new_entries(items: list[Any]) -> list[GroupEntry]:
+    """``XREADGROUP >`` entries, delivered for the first time (the hot path, inlined)."""
+    keys = _KEYS
+    out: list[GroupEntry] = []
+    append = out.append
+    for id_, flat in items:
+        if flat is None:
+            continue
+        if len(flat) == 2:
+            append((id_.decode(), {keys.get(flat[0]) or _key(flat[0]): flat[1]}, 1))
+        else:
+            append((id_.decode(), _fields(flat), 1))
+    return out
+
+
 def _text(value: Any) -> Any:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
@@ -130,6 +145,9 @@ def _pack(cmds: Sequence[Sequence[Any]]) -> bytes:
     out: list[bytes] = []
     append = out.append
     for cmd in cmds:
+        if type(cmd) is bytes:  # already packed
+            append(cmd)
+            continue
         append(b"*%d\r\n" % len(cmd))
         for value in cmd:
             kind = type(value)
@@ -138,6 +156,16 @@ def _pack(cmds: Sequence[Sequence[Any]]) -> bytes:
             append(data)
             append(b"\r\n")
     return b"".join(out)
+
+
+def _pack_with_ids(head: Sequence[Any], ids: Sequence[str]) -> bytes:
+    """RESP-encode ``(*head, *ids)`` with the (many) str ids formatted in one pass."""
+    body = _pack([head])
+    return (
+        b"*%d" % (len(head) + len(ids))
+        + body[body.index(b"\r\n") :]
+        + "".join([f"${len(i)}\r\n{i}\r\n" for i in ids]).encode()
+    )
 
 
 def _start_id(start: Position) -> str | None:
@@ -1016,7 +1044,10 @@ class _RedisGroupCursor(GroupCursor):
         ``MOVED`` is followed once: nothing was executed, so the pipeline is sent again)."""
         for attempt in range(2):
             n = len(self._acks)
-            full = (("XACK", self._key, self.group, *self._acks), *cmds) if n else cmds
+            if n:
+                full = (_pack_with_ids(("XACK", self._key, self.group), self._acks), *cmds)
+            else:
+                full = cmds
             replies = await self._link.execute(full)
             if self._backend.cluster and attempt == 0 and any(_moved(r) for r in replies):
                 await self._backend._refresh_slots()
@@ -1116,11 +1147,7 @@ class _RedisGroupCursor(GroupCursor):
                 raise backend._net_error(exc, self._link.addr) from None
             retried = False
             if reply:
-                return [
-                    (id_.decode(), _fields(flat), 1)
-                    for id_, flat in reply[0][1]
-                    if flat is not None
-                ]
+                return _new_entries(reply[0][1])
             if block <= 0 or (deadline is not None and time.monotonic() >= deadline):
                 return []
         return []
