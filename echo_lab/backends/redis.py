@@ -160,12 +160,11 @@ def _pack(cmds: Sequence[Sequence[Any]]) -> bytes:
 
 def _pack_with_ids(head: Sequence[Any], ids: Sequence[str]) -> bytes:
     """RESP-encode ``(*head, *ids)`` with the (many) str ids formatted in one pass."""
+    text = "".join([f"${len(i)}\r\n{i}\r\n" for i in ids])
+    if not text.isascii():  # lengths above are in characters: only right for ASCII
+        return _pack([(*head, *ids)])
     body = _pack([head])
-    return (
-        b"*%d" % (len(head) + len(ids))
-        + body[body.index(b"\r\n") :]
-        + "".join([f"${len(i)}\r\n{i}\r\n" for i in ids]).encode()
-    )
+    return b"*%d" % (len(head) + len(ids)) + body[body.index(b"\r\n") :] + text.encode()
 
 
 def _start_id(start: Position) -> str | None:
