@@ -335,3 +335,20 @@ def test_big_batches_are_split_and_oversized_messages_refused(broker_factory) ->
         history = stream.history("many")  # fetched in pages
         assert [e.id for e in history] == many
         assert len(stream.history("many", count=7000)) == 7000
+
+
+def test_a_full_memory_log_waits_for_its_reader_and_a_gone_reader_releases_it(
+    broker_factory,
+) -> None:
+    handle = broker_factory()
+    with raw(handle.url) as publisher:
+        with raw(handle.url) as reader:  # a live reader that reads nothing (no credit)
+            request(reader, {"op": "subscribe", "rid": 1, "sub": 1, "topic": "bp", "credit": 0})
+            entries = [{"n": str(i)} for i in range(3)]
+            frame = {"op": "publish", "rid": 2, "topic": "bp", "entries": entries, "maxlen": 2}
+            publisher.send(json.dumps(frame))
+            with pytest.raises(TimeoutError):  # back-pressure: nothing unread is trimmed
+                publisher.recv(timeout=0.5)
+        reply = json.loads(publisher.recv(timeout=10))  # the reader left: room again
+        assert reply["rid"] == 2 and len(reply["result"]) == 3
+        assert alive(publisher)

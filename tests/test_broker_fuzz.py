@@ -76,7 +76,7 @@ def _send_all(url: str, batch: list[str | bytes]) -> None:
     """Send every frame; reconnect whenever the broker closes the connection (by policy)."""
     left = list(batch)
     while left:
-        with ws_connect(url, compression=None, open_timeout=5) as ws:
+        with ws_connect(url, compression=None, open_timeout=30) as ws:
             while left:
                 data = left.pop(0)
                 try:
@@ -99,7 +99,7 @@ def _send_all(url: str, batch: list[str | bytes]) -> None:
 @example(['{"op": "hello", "sub": []}'])  # found by this test: an unhashable extra "sub"
 def test_a_live_broker_survives_anything(fuzz_broker: BrokerHandle, batch: list) -> None:
     _send_all(fuzz_broker.url, batch)
-    with ws_connect(fuzz_broker.url, compression=None, open_timeout=5) as ws:
+    with ws_connect(fuzz_broker.url, compression=None, open_timeout=30) as ws:
         ws.send(json.dumps({"op": "ping", "rid": 1}))
-        assert json.loads(ws.recv(timeout=5)) == {"op": "ok", "rid": 1, "result": "pong"}
+        assert json.loads(ws.recv(timeout=30)) == {"op": "ok", "rid": 1, "result": "pong"}
     assert fuzz_broker.stats["errors"] == 0  # no internal error, only refusals

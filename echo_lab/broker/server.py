@@ -149,9 +149,17 @@ class Broker:
         self._conns.add(conn)
         self.stats["connections"] += 1
         self.stats["open_connections"] += 1
+        run = asyncio.ensure_future(conn.run())
+        closed = asyncio.ensure_future(ws.wait_closed())
         try:
-            await conn.run()
+            # run() may be stuck behind a request (say, a publish waiting for room in a full
+            # memory log): a closed connection still ends it and releases its cursors.
+            await asyncio.wait({run, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (run, closed):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(run, closed, return_exceptions=True)
             self.stats["open_connections"] -= 1
             self._conns.discard(conn)
             await conn.cleanup()
