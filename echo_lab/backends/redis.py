@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from redis import connection as sync_connection
 from redis.asyncio import connection as async_connection
 from redis.crc import key_slot
-from redis.exceptions import AskError, AuthenticationError, ResponseError
+from redis.exceptions import AskError, AuthenticationError, InvalidResponse, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,7 +57,8 @@ APPROX_TRIM_ABOVE = 1000
 _CHUNK = 2000  # commands per pipeline write
 _PENDING_PAGE = 1000
 
-_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors after which a connection is dropped and the call retried or reported as unreachable.
+_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, InvalidResponse, OSError)
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off", ""))
 
