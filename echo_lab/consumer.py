@@ -97,6 +97,8 @@ class Subscription:
             raise ValueError("subscribe to at least one topic")
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         if claim_idle < 0:
             raise ValueError(f"claim_idle must be >= 0, got {claim_idle}")
         self.stream = stream
@@ -192,6 +194,8 @@ class Subscription:
         done: list[str] = []
         dead: list[tuple[str, Fields, str, int]] = []
         for entry in batch:
+            if self._stopping:  # stopped mid-batch: the rest stays unhandled (and unacked)
+                break
             id_, fields = entry[0], entry[1]
             deliveries = entry[2] if grouped else 1
             stats.received += 1
@@ -363,9 +367,11 @@ class Consumer:
         start: Position = "$",
         claim_idle: float = DEFAULT_CLAIM_IDLE,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        batch: int = BATCH,
     ) -> None:
         self.stream = stream
         self._options = {
+            "batch": batch,
             "group": group,
             "consumer": consumer,
             "start": start,

@@ -195,11 +195,15 @@ class Stream:
         start: Position = "$",
         claim_idle: float = DEFAULT_CLAIM_IDLE,
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        batch: int = BATCH,
     ) -> Subscription:
         """Call ``handler(envelope)`` in the background for every message of ``topic``.
 
-        ``handler`` may be sync or async. With ``group=``, members sharing the group split the
-        messages (work queue). Returns a :class:`Subscription` (``stop()``, ``stats``).
+        ``handler`` may be sync (run in the subscription's own thread, so it may block) or
+        async (run on the runtime loop). With ``group=``, members sharing the group split the
+        messages (work queue). ``batch`` is how many messages one read fetches: a work queue
+        with slow handlers splits more evenly with a small batch (``1``: one at a time).
+        Returns a :class:`Subscription` (``stop()``, ``stats``).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -214,6 +218,7 @@ class Stream:
             start=start,
             claim_idle=claim_idle,
             max_deliveries=max_deliveries,
+            batch=batch,
         )
         return await sub._astart()
 

@@ -33,9 +33,7 @@ def test_group_members_split_the_messages(stream, connect, topic):
 
 def test_two_groups_each_get_every_message(stream, topic):
     seen: dict[str, list[int]] = {"g1": [], "g2": []}
-    subs = [
-        stream.on(topic, lambda e, g=g: seen[g].append(e.data["n"]), group=g) for g in seen
-    ]
+    subs = [stream.on(topic, lambda e, g=g: seen[g].append(e.data["n"]), group=g) for g in seen]
     stream.publish_many(topic, [{"n": i} for i in range(50)])
     assert wait_until(lambda: all(len(v) == 50 for v in seen.values()), timeout=10)
     for sub in subs:
@@ -226,3 +224,47 @@ def test_bad_urls_and_options_are_clear_value_errors():
         el.connect("memory://", codec="pickle")
     with pytest.raises(ValueError, match="maxlen"):
         el.connect("memory://", maxlen=0)
+
+
+def test_a_small_batch_splits_a_backlog_between_slow_members(stream, connect, topic):
+    other = connect()
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+
+    def worker(name: str):
+        def handle(env: el.Envelope) -> None:
+            time.sleep(0.01)  # slow work
+            seen[name].append(env.data["n"])
+
+        return handle
+
+    subs = [
+        stream.on(topic, worker("a"), group="q", batch=1),
+        other.on(topic, worker("b"), group="q", batch=1),
+    ]
+    stream.publish_many(topic, [{"n": i} for i in range(40)])
+    assert wait_until(lambda: len(seen["a"]) + len(seen["b"]) == 40, timeout=20)
+    assert seen["a"] and seen["b"]  # both members worked
+    assert sorted(seen["a"] + seen["b"]) == list(range(40))
+    for sub in subs:
+        sub.stop()
+
+
+def test_a_stopped_subscription_calls_its_handler_no_more(stream, topic):
+    release = threading.Event()
+    seen: list[int] = []
+
+    def blocked(env: el.Envelope) -> None:
+        seen.append(env.data["n"])
+        release.wait(10)
+
+    sub = stream.on(topic, blocked, group="g")
+    stream.publish_many(topic, [{"n": i} for i in range(5)])
+    assert wait_until(lambda: seen == [0])
+    stopper = threading.Thread(target=sub.stop)
+    stopper.start()
+    assert wait_until(lambda: not sub.running)
+    release.set()
+    stopper.join(10)
+    time.sleep(0.2)
+    assert seen == [0]
+    assert len(stream.pending(topic, "g")) == 5  # none acknowledged: all re-delivered later
