@@ -4,9 +4,10 @@ A :class:`Capture` reads raw entries with the backend's cursors on the runtime l
 them compact: per read batch (up to 2048 entries), one buffer of ids and one buffer of the
 messages' JSON, one per line. No envelope, dict or DataFrame is made per message. Full
 segments (up to 65,536 rows) are parsed into Arrow tables with Arrow's JSON reader (nested
-objects become ``a.b`` columns, missing fields nulls, numbers stay numeric): by low-priority
-background threads once the stream is idle for a moment (never while it is busy, so parsing
-does not slow consumers down), else by :meth:`Capture.frame` on all cores.
+objects become ``a.b`` columns, missing fields nulls, numbers stay numeric) by background
+threads at the lowest CPU priority, which hold the GIL for almost nothing, so they use idle
+cores without slowing the stream's consumers; :meth:`Capture.frame` parses what is left, one
+segment per core, and converts to pandas once.
 What Arrow cannot type (a field that is a number in one message and a string in another)
 falls back to orjson plus ``DataFrame.from_records`` (an object column).
 
@@ -67,7 +68,6 @@ _OURS = frozenset(("data", "type", "headers"))
 _OPT = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _TS = pa.timestamp("ns", tz="UTC")
 _BACKOFF_MAX = 5.0
-_IDLE = 0.5  # seconds without new entries after which full segments are parsed
 
 
 class _Chunk:
@@ -151,7 +151,15 @@ def _chunk_of(topic: str, batch: Sequence[RawEntry]) -> tuple[_Chunk | None, int
         types = types_l if any(t is not None for t in types_l) else None
     if not ids:
         return None, bad
-    return _Chunk(topic, "\n".join(ids).encode(), datas, types, len(ids)), bad
+    # one buffer per batch, joined here: the background parser then needs (almost) no GIL
+    try:
+        data = b"\n".join(datas)
+    except TypeError:  # some values are str (a backend that decodes responses)
+        datas = [_as_bytes(d) for d in datas]
+        data = b"\n".join(datas)
+    if data.count(b"\n") != len(datas) - 1:  # a writer's JSON spans lines: make it compact
+        data = b"\n".join([_compact(_as_bytes(d)) for d in datas])
+    return _Chunk(topic, "\n".join(ids).encode(), data, types, len(ids)), bad
 
 
 def _joined(chunks: Sequence[_Chunk]) -> bytes:
@@ -466,9 +474,9 @@ _FRAME_POOL = concurrent.futures.ThreadPoolExecutor(
 class _Segment:
     """Consecutive captured rows: chunks being filled, then parsed.
 
-    A full segment is parsed by whoever needs its rows first: ``frame()`` (on all cores), or
-    a low-priority parser thread once the capture is idle (so parsing never competes with a
-    busy stream's consumers). Its chunks are released once it is parsed.
+    A full segment is queued for a lowest-priority parser thread; whoever needs its rows
+    first parses it (``frame()`` does not wait for a parse that has not started). Its chunks
+    are released once it is parsed.
     """
 
     __slots__ = ("chunks", "first", "full", "future", "lock", "n", "parsed", "schema")
@@ -531,8 +539,8 @@ class Capture:
     ``max_rows`` rows (the newest: a ring, bounded memory) and stops by itself after ``n``
     messages or ``timeout`` seconds if given. Use it as a context manager to stop it on exit.
 
-    Rows are stored as read (no per-message objects) and parsed into Arrow tables segment by
-    segment: in the background once the stream is idle, else by :meth:`frame`, in parallel.
+    Rows are stored compactly (no per-message objects) and parsed into Arrow tables segment
+    by segment: in the background on idle cores, else by :meth:`frame`, in parallel.
     :meth:`since` and :attr:`count` let a live view read only the new rows.
 
     Example:
@@ -590,7 +598,6 @@ class Capture:
         self._segments: collections.deque[_Segment] = collections.deque(
             [_Segment(0, self._schema)]
         )
-        self._unparsed: list[_Segment] = []  # full segments to parse once idle
         self._skip = 0  # rows of the first segment dropped by the ring
         self._count = 0  # rows captured since the start
         self._lock = threading.Lock()
@@ -623,8 +630,6 @@ class Capture:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     break
-                if self._unparsed:  # wake up when idle, to parse full segments then
-                    wait = _IDLE if wait is None else min(wait, _IDLE)
                 try:
                     batch = await cursor.read(self.batch, wait)
                     delay = 0.1
@@ -636,12 +641,7 @@ class Capture:
                 if not batch:
                     if self.stream._closed:
                         break
-                    if self._unparsed:  # idle: parse full segments in the background now
-                        with self._lock:
-                            for seg in self._unparsed:
-                                seg.submit()
-                            self._unparsed.clear()
-                    elif wait is None:  # a reader woken without entries: do not spin
+                    if wait is None:  # a reader woken without entries: do not spin
                         await asyncio.sleep(0.01)
                     continue
                 if self.n is not None:
@@ -666,7 +666,7 @@ class Capture:
                 self._count += chunk.n
                 if seg.n >= self._segment_rows:
                     seg.full = True
-                    self._unparsed.append(seg)
+                    seg.submit()
                     self._segments.append(_Segment(self._count, self._schema))
                 self._trim()
         return self.n is not None and self._count >= self.n
@@ -684,8 +684,6 @@ class Capture:
                 excess -= left
                 if head.future is not None:
                     head.future.cancel()
-                if head in self._unparsed:
-                    self._unparsed.remove(head)
             else:
                 self._skip += excess
                 excess = 0
