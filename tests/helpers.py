@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01
+) -> bool:
     """Poll ``condition`` until it is true or ``timeout`` passes; return its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
