@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,7 @@ from tests.helpers import wait_until
 
 def _run_script(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=60, cwd=str(__import__("pathlib").Path.cwd()),
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
     )
 
 
@@ -54,9 +54,10 @@ def test_close_leaves_no_task_of_the_stream_on_the_loop(memory_url):
     s = el.connect(memory_url)
     subs = [s.on("a", lambda e: None), s.on("b", lambda e: None, group="g")]
     loop = s.runtime.loop
-    names = lambda: {  # noqa: E731
-        t.get_name() for t in __import__("asyncio").all_tasks(loop) if not t.done()
-    }
+
+    def names() -> set[str]:
+        return {t.get_name() for t in asyncio.all_tasks(loop) if not t.done()}
+
     assert {"echo-lab:a", "echo-lab:b"} <= names()
     s.close()
     assert not any(sub.running for sub in subs)
