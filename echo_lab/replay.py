@@ -9,16 +9,13 @@ drift accumulates), and rows that are due together go out as one batch.
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from .message import message_type
+from .timed import TimedPublisher
 
 if TYPE_CHECKING:  # pandas is imported when a replay starts: `import echo_lab` stays light
     import pandas as pd
@@ -136,14 +133,9 @@ def _offsets(frame: pd.DataFrame, speed: float | None) -> list[float]:
     return out
 
 
-class Replay:
-    """A replay running on the runtime loop (returned by :func:`replay`).
-
-    Attributes:
-        total: rows to publish.
-        sent: rows published so far.
-        error: the exception that ended it early, if any.
-    """
+class Replay(TimedPublisher):
+    """A replay running on the runtime loop (returned by :func:`replay`): ``sent`` of
+    ``total``, ``rate``, ``wait()``, ``stop()``."""
 
     def __init__(
         self,
@@ -152,96 +144,7 @@ class Replay:
         payloads: Sequence[Any],
         offsets: Sequence[float],
     ) -> None:
-        self.stream = stream
-        self.total = len(payloads)
-        self.sent = 0
-        self.error: BaseException | None = None
-        self._topics = topics
-        self._payloads = payloads
-        self._offsets = offsets
-        self._done = threading.Event()
-        self._stopping = False
-        self._started = time.monotonic()
-        self._ended: float | None = None
-        self._future = stream.runtime.spawn(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        topics, payloads, offsets = self._topics, self._payloads, self._offsets
-        n = self.total
-        try:
-            t0 = loop.time()
-            i = 0
-            while i < n and not self._stopping:
-                delay = t0 + offsets[i] - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                now = loop.time() - t0
-                topic = topics[i]
-                j = i + 1
-                while j < n and j - i < _BATCH and topics[j] == topic and offsets[j] <= now:
-                    j += 1
-                await self.stream.apublish_many(topic, payloads[i:j])
-                self.sent = j
-                i = j
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:
-            self.error = exc
-        finally:
-            self._ended = time.monotonic()
-            self._done.set()
-
-    @property
-    def running(self) -> bool:
-        """True until every row is published (or it is stopped)."""
-        return not self._done.is_set()
-
-    @property
-    def rate(self) -> float:
-        """Rows published per second."""
-        end = self._ended if self._ended is not None else time.monotonic()
-        return self.sent / max(end - self._started, 1e-9)
-
-    def wait(self, timeout: float | None = None, *, progress: bool | None = None) -> bool:
-        """Block until the replay ends; return False if ``timeout`` s passed first.
-
-        Args:
-            timeout: seconds to wait at most (``None``: until done).
-            progress: show a tqdm progress bar (default: when stderr is a terminal).
-
-        Raises:
-            Exception: whatever made the replay fail (e.g. an unreachable backend).
-        """
-        if self.stream.runtime.in_loop_thread():
-            raise RuntimeError("cannot wait for a replay from a handler (it runs on the loop)")
-        if progress is None:
-            progress = sys.stderr.isatty()
-        if not progress:
-            finished = self._done.wait(timeout)
-        else:
-            from tqdm.auto import tqdm
-
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with tqdm(total=self.total, unit="msg", desc="replay") as bar:
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    finished = self._done.wait(0.1 if left is None else max(0, min(0.1, left)))
-                    bar.update(self.sent - bar.n)
-                    if finished or (left is not None and left <= 0):
-                        break
-        if self.error is not None:
-            raise self.error
-        return finished
-
-    def stop(self) -> Self:
-        """Stop publishing (what was sent stays sent). Returns ``self``."""
-        self._stopping = True
-        if not self._done.is_set():
-            self._future.cancel()
-            if not self.stream.runtime.in_loop_thread():
-                self._done.wait(5)
-        return self
+        super().__init__(stream, zip(offsets, topics, payloads, strict=True), len(payloads))
 
     def __repr__(self) -> str:
         state = "running" if self.running else "done"

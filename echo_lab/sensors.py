@@ -12,16 +12,15 @@ outliers. The same ``seed`` gives the same readings (see :func:`readings`).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from .timed import TimedPublisher
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,98 +181,22 @@ def readings(
         yield t_real, reading
 
 
-class Simulator:
+class Simulator(TimedPublisher):
     """A running simulator (returned by :func:`simulate`): ``stop()``, ``wait()``, ``sent``.
 
     Attributes:
         topic: where it publishes.
         seed: its random seed (pass it again to get the same readings).
-        sent: readings published so far.
-        error: the exception that stopped it, if any.
     """
 
     def __init__(
         self, stream: Stream, topic: str, n: int | None, seed: int, **options: Any
     ) -> None:
-        self.stream = stream
         self.topic = topic
         self.seed = seed
         self.n = n
-        self.sent = 0
-        self.error: BaseException | None = None
-        self._readings = readings(n, seed=seed, **options)
-        self._stopping = False
-        self._done = threading.Event()
-        self._started = time.monotonic()
-        self._future = stream.runtime.spawn(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        pending: tuple[float, dict[str, Any]] | None = None
-        try:
-            it = self._readings
-            while not self._stopping:
-                if pending is None:
-                    pending = next(it, None)
-                    if pending is None:
-                        break
-                delay = t0 + pending[0] - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                now = loop.time() - t0
-                batch = [pending[1]]
-                pending = None
-                while len(batch) < 1000:  # everything due now goes out as one batch
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    if nxt[0] > now:
-                        pending = nxt
-                        break
-                    batch.append(nxt[1])
-                await self.stream.apublish_many(self.topic, batch)
-                self.sent += len(batch)
-                if pending is None and self.n is not None and self.sent >= self.n:
-                    break
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:
-            self.error = exc
-        finally:
-            self._done.set()
-
-    @property
-    def running(self) -> bool:
-        """True while publishing."""
-        return not self._done.is_set()
-
-    @property
-    def rate(self) -> float:
-        """Readings published per second since the start."""
-        return self.sent / max(time.monotonic() - self._started, 1e-9)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until it ends (after ``n`` readings, or :meth:`stop`); False on timeout."""
-        finished = self._done.wait(timeout)
-        if self.error is not None:
-            raise self.error
-        return finished
-
-    def stop(self) -> Self:
-        """Stop publishing. Returns ``self``."""
-        self._stopping = True
-        if not self._done.is_set():
-            self._future.cancel()
-            if not self.stream.runtime.in_loop_thread():
-                self._done.wait(5)
-        return self
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        timed = ((offset, topic, row) for offset, row in readings(n, seed=seed, **options))
+        super().__init__(stream, timed, n)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
