@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,16 @@ import orjson
 from .errors import DecodeError, EncodeError
 from .message import Envelope, Message, message_type
 
-__all__ = ["CODECS", "Fields", "decode", "encode_echo", "encode_json", "encode_many", "get_codec"]
+__all__ = [
+    "CODECS",
+    "Fields",
+    "decode",
+    "decode_many",
+    "encode_echo",
+    "encode_json",
+    "encode_many",
+    "get_codec",
+]
 
 #: Stored fields of one entry: str keys, bytes or str values (flat, like a Redis entry).
 Fields = Mapping[str, bytes | str]
@@ -167,6 +176,33 @@ def decode(topic: str, id: str, fields: Fields) -> Envelope:
         return Envelope(topic, id, None, data, None, sum(len(v) for v in fields.values()))
     except (orjson.JSONDecodeError, UnicodeDecodeError, binascii.Error, AttributeError) as exc:
         raise DecodeError(f"undecodable entry {id} on topic {topic!r}: {exc}") from None
+
+
+def decode_many(
+    topic: str, entries: Iterable[Sequence[Any]]
+) -> tuple[list[Envelope], list[tuple[str, Fields, str]]]:
+    """Decode a batch of ``(id, fields, ...)`` entries of one topic.
+
+    Returns the envelopes and, separately, the undecodable entries as ``(id, fields, error)``.
+    Plain dicts (the common case) take a fast path without a call per entry.
+    """
+    out: list[Envelope] = []
+    bad: list[tuple[str, Fields, str]] = []
+    append, loads, envelope = out.append, _loads, Envelope
+    for entry in entries:
+        id_, fields = entry[0], entry[1]
+        raw = fields.get("data")
+        if raw is not None and len(fields) == 1:
+            try:
+                append(envelope(topic, id_, None, loads(raw), None, len(raw)))
+                continue
+            except orjson.JSONDecodeError:
+                pass  # decode() below names the problem
+        try:
+            append(decode(topic, id_, fields))
+        except DecodeError as exc:
+            bad.append((id_, fields, str(exc)))
+    return out, bad
 
 
 _B64_STD = bytes.maketrans(b"-_", b"+/")

@@ -21,7 +21,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 from .backends.base import Backend
-from .codec import Fields, dead_letter_fields, decode, encode_many, get_codec
+from .codec import Fields, dead_letter_fields, decode, decode_many, encode_many, get_codec
 from .consumer import (
     BATCH,
     DEFAULT_CLAIM_IDLE,
@@ -334,14 +334,10 @@ class Stream:
                 raw = await hop(cursor.read(count, wait))
                 if not raw:
                     return
-                batch = []
-                append = batch.append
-                for item in raw:
-                    try:
-                        append(decode(topic, item[0], item[1]))
-                    except DecodeError as exc:
-                        dead = dead_letter_fields(item[1], str(exc), item[0], 1)
-                        await hop(self.backend.append(f"{topic}.dead", [dead], self.maxlen))
+                batch, bad = decode_many(topic, raw)
+                if bad:
+                    dead = [dead_letter_fields(f, error, i, 1) for i, f, error in bad]
+                    await hop(self.backend.append(f"{topic}.dead", dead, self.maxlen))
                 if group is not None:
                     unacked = [item[0] for item in raw]
                 got += len(batch)
