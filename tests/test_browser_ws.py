@@ -14,18 +14,7 @@ from playwright.sync_api import sync_playwright
 
 import echo_lab as el
 from echo_lab.broker import BrokerHandle
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture
@@ -38,7 +27,7 @@ def page() -> Iterator:
             with sync_playwright() as pw:
                 context = pw.chromium.launch_persistent_context(
                     str(Path(tmp) / "profile"),
-                    executable_path="/usr/bin/chromium",
+                    executable_path=CHROMIUM,
                     headless=True,
                     args=CHROMIUM_ARGS,
                 )

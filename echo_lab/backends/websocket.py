@@ -32,6 +32,7 @@ from ..codec import Fields
 from ..errors import BackendConnectionError, EchoLabError, GroupError
 from ..ids import Position
 from .base import Backend, Cursor, GroupCursor, GroupEntry, RawEntry
+from .frames import dumps, fields_from_wire
 
 __all__ = ["AuthenticationError", "BrokerError", "WebSocketBackend"]
 
@@ -78,33 +79,6 @@ def _error(code: str, message: str) -> Exception:
     if code in ("bad_field", "bad_json", "bad_frame", "unknown_op"):
         return RequestError(code, message)
     return BrokerError(code, message)
-
-
-def _dumps_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            return bytes(value).decode()
-        except UnicodeDecodeError:
-            import base64
-
-            return {"b64": base64.b64encode(value).decode()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot send {type(value).__name__} to the broker")
-
-
-def _dumps(frame: Any) -> bytes:
-    return orjson.dumps(frame, default=_dumps_default)
-
-
-def _unwire(entries: list[list[Any]]) -> None:
-    import base64
-
-    for entry in entries:
-        fields = entry[1]
-        for key, value in fields.items():
-            if type(value) is dict:
-                fields[key] = base64.b64decode(value["b64"])
 
 
 class WebSocketBackend(Backend):
@@ -226,7 +200,7 @@ class WebSocketBackend(Backend):
                 f"cannot connect to {self._where()} ({self._url}): {exc or type(exc).__name__}"
             ) from None
         try:
-            await ws.send(_dumps({"op": "hello", "rid": 0, "token": self._token}), text=True)
+            await ws.send(dumps({"op": "hello", "rid": 0, "token": self._token}), text=True)
             async with asyncio.timeout(self.connect_timeout):
                 reply = orjson.loads(await ws.recv(decode=False))
         except ConnectionClosed as exc:
@@ -290,7 +264,8 @@ class WebSocketBackend(Backend):
             if cursor is not None:
                 entries = msg["entries"]
                 if b'{"b64":' in data:
-                    _unwire(entries)
+                    for entry in entries:
+                        fields_from_wire(entry[1])
                 cursor._deliver(entries)
             return
         fut = self._pending.pop(msg.get("rid"), None)  # type: ignore[arg-type]
@@ -298,7 +273,8 @@ class WebSocketBackend(Backend):
             if fut is not None and not fut.done():
                 result = msg.get("result")
                 if "sub" in msg and b'{"b64":' in data and isinstance(result, list):
-                    _unwire(result)
+                    for entry in result:
+                        fields_from_wire(entry[1])
                 fut.set_result(result)
         elif op == "error":
             exc = _error(msg.get("code", "internal"), msg.get("message", ""))
@@ -366,7 +342,7 @@ class WebSocketBackend(Backend):
             rid = next(self._rids)
             if body is None:
                 frame["rid"] = rid
-                data = _dumps(frame)
+                data = dumps(frame)
             else:
                 data = b'%s,"rid":%d}' % (body[:-1], rid)
             fut = asyncio.get_running_loop().create_future()
@@ -404,7 +380,7 @@ class WebSocketBackend(Backend):
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(_dumps(frame), text=True)
+                await ws.send(dumps(frame), text=True)
 
     # -- Backend API ----------------------------------------------------------------------------
     async def append(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
@@ -416,7 +392,7 @@ class WebSocketBackend(Backend):
                 frame = {"op": "publish", "topic": topic, "fields": chunk[0], "maxlen": maxlen}
             else:
                 frame = {"op": "publish", "topic": topic, "entries": chunk, "maxlen": maxlen}
-            body = _dumps(frame)
+            body = dumps(frame)
             if len(body) > limit:
                 if len(chunk) == 1:
                     raise ValueError(

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from ..backends.frames import dumps, fields_from_wire
+
 __all__ = [
     "ERROR_CODES",
     "LIMITS",
@@ -73,32 +75,6 @@ class FrameError(ValueError):
         if self.sub is not None:
             out["sub"] = self.sub
         return out
-
-
-# -- encoding -------------------------------------------------------------------------------
-def _default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            return bytes(value).decode()
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__} in a frame")
-
-
-def dumps(frame: Any) -> bytes:
-    """Encode a frame as UTF-8 JSON; ``bytes`` field values become text (or ``{"b64": …}``
-    when they are not UTF-8)."""
-    return orjson.dumps(frame, default=_default)
-
-
-def fields_from_wire(fields: dict[str, Any]) -> dict[str, Any]:
-    """Undo :func:`dumps`' encoding of one entry's fields (``{"b64": …}`` -> bytes)."""
-    for key, value in fields.items():
-        if type(value) is dict:
-            fields[key] = base64.b64decode(value["b64"])
-    return fields
 
 
 # -- validation helpers ---------------------------------------------------------------------
