@@ -53,6 +53,8 @@ def jupyter_env(tmp_path: Path) -> dict[str, str]:
     for plugin, body in (
         ("@jupyterlab/apputils-extension/notification", '{"fetchNews": "false"}'),
         ("@jupyterlab/docmanager-extension/plugin", '{"autosave": false}'),
+        # render every cell, not only those in view (a widget below the fold must exist)
+        ("@jupyterlab/notebook-extension/tracker", '{"windowingMode": "none"}'),
     ):
         path = settings / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
