@@ -351,7 +351,10 @@ class MemoryBackend(Backend):
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> int:
         with self._store.lock:
-            grp = self._group(topic, group)
+            log = self._store.logs.get(topic)
+            grp = log.groups.get(group) if log else None
+            if grp is None:  # as XACK: nothing of an unknown group is pending
+                return 0
             return sum(grp.pending.pop(i, None) is not None for i in ids)
 
     async def claim(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:

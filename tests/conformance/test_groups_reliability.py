@@ -193,6 +193,8 @@ def test_ack_and_claim_by_hand(stream, topic):
     assert pending[ids[0]]["consumer"] == "bob" and pending[ids[0]]["deliveries"] == 2
     assert stream.ack(topic, "g", ids) == 3
     assert stream.pending(topic, "g") == []
+    assert stream.ack(topic, "g", ids) == 0  # acknowledged already
+    assert stream.ack(topic, "no-such-group", ids) == 0
     stream.runtime.run(cursor.close())
 
 
