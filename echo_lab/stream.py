@@ -132,9 +132,6 @@ class Stream:
         await self.aclose()
 
     # -- publishing -----------------------------------------------------------------------
-    def _fields(self, topic: str, data: Any, headers: Mapping[str, str] | None) -> Fields:
-        return self._encode(topic, data, headers)
-
     async def _publish(
         self, topic: str | Message, data: Any = None, *, headers: Mapping[str, str] | None = None
     ) -> str:
@@ -144,7 +141,7 @@ class Stream:
         from the class). Raises ``TypeError`` (``EncodeError``) naming what cannot be encoded.
         """
         name, payload = _split(topic, data)
-        fields = self._fields(name, payload, headers)
+        fields = self._encode(name, payload, headers)
         return (await self.backend.append(name, [fields], self.maxlen))[0]
 
     apublish = _async(_publish)
@@ -156,7 +153,7 @@ class Stream:
         append_sync = self.backend.append_sync
         if append_sync is not None and not self.runtime.in_loop_thread():
             name, payload = _split(topic, data)
-            return append_sync(name, [self._fields(name, payload, headers)], self.maxlen)[0]
+            return append_sync(name, [self._encode(name, payload, headers)], self.maxlen)[0]
         return self.runtime.run(self._publish(topic, data, headers=headers))
 
     async def _publish_many(

@@ -231,11 +231,7 @@ class MemoryBackend(Backend):
     async def delete(self, topic: str) -> None:
         store = self._store
         with store.lock:
-            log = store.logs.pop(topic, None)
-            if log:
-                for group in log.groups.values():
-                    for cursor in group.live:
-                        cursor.deleted = True
+            store.logs.pop(topic, None)  # its groups go with it: their cursors notice
             store.wake_readers(topic)
             store.wake_producers(topic)
 
@@ -486,7 +482,6 @@ class _MemoryGroupCursor(GroupCursor):
         "_own_first",
         "claim_idle",
         "consumer",
-        "deleted",
         "group",
         "topic",
     )
@@ -508,19 +503,18 @@ class _MemoryGroupCursor(GroupCursor):
         self._group = grp
         self._own_first = True
         self._closed = False
-        self.deleted = False
 
     def _take(self, count: int) -> tuple[list[GroupEntry], float | None]:
         """Return a batch and, if empty, how long until a pending entry becomes claimable."""
         store = self._backend._store
         now = time.monotonic()
         with store.lock:
-            if self.deleted or store.logs.get(self.topic) is None:
+            grp, log = self._group, store.logs.get(self.topic)
+            if log is None or log.groups.get(self.group) is not grp:
                 raise GroupError(
                     f"group {self.group!r} on topic {self.topic!r} no longer exists "
                     "(the topic was deleted)"
                 )
-            grp, log = self._group, store.logs[self.topic]
             batch: list[GroupEntry] = []
             next_claim = None
             for id_, p in grp.pending.items():

@@ -405,9 +405,18 @@ class WebSocketBackend(Backend):
             i += len(chunk)
         return ids
 
+    async def _register(self, cursor: _WSCursor | _WSGroupCursor) -> None:
+        """Subscribe ``cursor`` on the broker; forget it again if that fails."""
+        self._subs[cursor.sub] = cursor
+        try:
+            await cursor._subscribe()
+        except BaseException:
+            self._subs.pop(cursor.sub, None)
+            raise
+
     async def cursor(self, topic: str, start: Position) -> Cursor:
         cursor = _WSCursor(self, topic, start, next(self._sub_ids))
-        await cursor._open()
+        await self._register(cursor)
         return cursor
 
     async def group_cursor(
@@ -415,7 +424,8 @@ class WebSocketBackend(Backend):
     ) -> GroupCursor:
         cursor = _WSGroupCursor(self, topic, group, consumer, start, claim_idle)
         cursor.sub = next(self._sub_ids)
-        await cursor._open()
+        await self._register(cursor)
+        cursor._start = "0"  # a re-created group (broker restart) re-reads what is retained
         return cursor
 
     async def range(
@@ -520,14 +530,6 @@ class _WSCursor(Cursor):
         self._resubscribe = False
         self._closed = False
 
-    async def _open(self) -> None:
-        self._backend._subs[self.sub] = self
-        try:
-            await self._subscribe()
-        except BaseException:
-            self._backend._subs.pop(self.sub, None)
-            raise
-
     async def _subscribe(self) -> None:
         start = self._received or _position(self._start)
         credit = max(self._window - self._buffered, 0)
@@ -630,15 +632,6 @@ class _WSGroupCursor(GroupCursor):
         self._inflight: asyncio.Future[Any] | None = None
         self._closed = False
         self._subscribed = False
-
-    async def _open(self) -> None:
-        self._backend._subs[self.sub] = self
-        try:
-            await self._subscribe()
-        except BaseException:
-            self._backend._subs.pop(self.sub, None)
-            raise
-        self._start = "0"  # a re-created group (broker restart) re-reads what is retained
 
     async def _subscribe(self) -> None:
         frame = {
