@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import random
-import threading
 import time
 import tracemalloc
 import uuid
@@ -24,7 +23,7 @@ import pandas as pd
 
 import echo_lab as el
 
-from .common import Row
+from .common import Counter, Row
 
 N = 1_000_000
 M = 200_000
@@ -84,18 +83,11 @@ def _raw_same_frame(ids: list[str], rows: list[dict], topic: str) -> pd.DataFram
 
 
 def _consume(stream: el.Stream, topic: str, m: int, with_capture: bool) -> float:
-    done = threading.Event()
-    seen = [0]
-
-    def handler(env: el.Envelope) -> None:
-        seen[0] += 1
-        if seen[0] == m:
-            done.set()
-
+    counter = Counter(m)
     cap = stream.capture(topic, start="0", max_rows=m) if with_capture else None
     t0 = time.perf_counter()
-    sub = stream.on(topic, handler, start="0")
-    done.wait()
+    sub = stream.on(topic, counter, start="0")
+    counter.done.wait()
     elapsed = time.perf_counter() - t0
     sub.stop()
     if cap is not None:

@@ -6,12 +6,11 @@ Run: ``python -m benchmarks memory``.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import echo_lab as el
 
-from .common import Row, best_rate
+from .common import Counter, Row, best_rate
 
 N = 200_000
 N_SYNC = 50_000
@@ -83,20 +82,12 @@ async def _ours_batch(stream: el.Stream, n: int, subscribers: int = 1) -> int:
 
 def _ours_sync_publish(stream: el.Stream, n: int) -> int:
     topic = f"bench-sync-{time.monotonic_ns()}"
-    done = threading.Event()
-    count = 0
-
-    async def handler(env: el.Envelope) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
-
-    sub = stream.on(topic, handler)
+    counter = Counter(n)
+    sub = stream.on(topic, counter.acall)
     publish = stream.publish
     for row in ROWS[:n]:
         publish(topic, row)
-    done.wait(60)
+    counter.done.wait(60)
     sub.stop()
     stream.delete(topic)
     return n

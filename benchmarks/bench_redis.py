@@ -18,7 +18,7 @@ import redis.asyncio
 
 import echo_lab as el
 
-from .common import Row
+from .common import Counter, Row
 
 N_MANY = 50_000
 N_SINGLE = 5_000
@@ -170,25 +170,14 @@ def _ours_group(
 ) -> tuple[int, float]:
     topic = _topic("group")
     _fill(r, f"{stream.backend.prefix}{topic}", n)  # type: ignore[attr-defined]
-    done = threading.Event()
-    count = 0
-
-    def handler(env: el.Envelope) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
-
-    async def ahandler(env: el.Envelope) -> None:
-        handler(env)
-
+    counter = Counter(n)
     t0 = time.perf_counter()
-    sub = stream.on(topic, handler if sync_handler else ahandler, group="g", start="0")
-    done.wait(120)
+    sub = stream.on(topic, counter if sync_handler else counter.acall, group="g", start="0")
+    counter.done.wait(120)
     elapsed = time.perf_counter() - t0
     sub.stop()
     stream.delete(topic)
-    return count, elapsed
+    return counter.count, elapsed
 
 
 # -- one-way latency ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import uuid
 
 import echo_lab as el
 
-from .common import Row
+from .common import Counter, Row
 
 N = 100_000
 ROW = {"sensor": "s-01", "room": "kitchen", "temp": 21.5, "humidity": 40.2, "seq": 0}
@@ -33,17 +33,9 @@ REPEATS = 8
 
 def _consume(stream: el.Stream, topic: str, n: int, live: bool) -> float:
     """Start a consumer (a sync handler counting messages); return its msg/s for ``n``."""
-    done = threading.Event()
-    count = 0
-
-    def handler(env: el.Envelope) -> None:
-        nonlocal count
-        count += 1
-        if count == n:
-            done.set()
-
+    counter = Counter(n)
     if live:
-        sub = stream.on(topic, handler, start="$")
+        sub = stream.on(topic, counter, start="$")
         t0 = time.perf_counter()
 
         def produce() -> None:
@@ -52,16 +44,16 @@ def _consume(stream: el.Stream, topic: str, n: int, live: bool) -> float:
 
         producer = threading.Thread(target=produce)
         producer.start()
-        done.wait(120)
+        counter.done.wait(120)
         elapsed = time.perf_counter() - t0
         producer.join()
     else:
         t0 = time.perf_counter()
-        sub = stream.on(topic, handler, start="0")
-        done.wait(120)
+        sub = stream.on(topic, counter, start="0")
+        counter.done.wait(120)
         elapsed = time.perf_counter() - t0
     sub.stop()
-    assert count == n, (count, n)
+    assert counter.count == n, (counter.count, n)
     return n / elapsed
 
 

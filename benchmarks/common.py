@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Row", "best_rate", "print_table"]
+__all__ = ["Counter", "Row", "best_rate", "print_table"]
+
+
+class Counter:
+    """A handler that counts messages and sets ``done`` at the ``n``-th (``acall`` for an
+    async handler)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.done = threading.Event()
+
+    def __call__(self, env: Any) -> None:
+        self.count += 1
+        if self.count == self.n:
+            self.done.set()
+
+    async def acall(self, env: Any) -> None:
+        self(env)
 
 
 @dataclass
