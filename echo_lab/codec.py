@@ -29,6 +29,7 @@ __all__ = [
     "encode_json",
     "encode_many",
     "get_codec",
+    "to_json",
 ]
 
 #: Stored fields of one entry: str keys, bytes or str values (flat, like a Redis entry).
@@ -43,9 +44,19 @@ _loads = orjson.loads
 _OPT = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
+def to_json(value: Any, option: int = _OPT) -> bytes:
+    """Compact JSON of ``value`` as bytes: ``orjson.dumps``, right-sized.
+
+    orjson returns a small result in a 4 KiB buffer, which a retained log or capture would
+    keep for every message (and allocating one per message makes the allocator fault pages
+    in). Joining it with ``b""`` copies it to its own size.
+    """
+    return b"".join((_dumps(value, option=option), b""))
+
+
 def _dump(topic: str, value: Any) -> bytes:
     try:
-        return _dumps(value, option=_OPT)
+        return to_json(value)
     except TypeError as exc:
         raise EncodeError(
             f"cannot publish to {topic!r}: {exc} (messages must be JSON-serialisable: "
@@ -105,9 +116,7 @@ def encode_many(
     if encoder is encode_json and not headers:
         try:
             return [
-                {"data": _dumps(row, option=_OPT)}
-                if type(row) is dict
-                else encode_json(topic, row)
+                {"data": to_json(row)} if type(row) is dict else encode_json(topic, row)
                 for row in rows
             ]
         except TypeError:
@@ -239,7 +248,7 @@ def dead_letter_fields(
             _loads(fields["data"])
             headers = _loads(fields["headers"]) if "headers" in fields else {}
             headers.update(details)
-            out["headers"] = _dumps(headers)
+            out["headers"] = to_json(headers, 0)
             return out
         except (orjson.JSONDecodeError, AttributeError):
             pass  # undecodable: keep it raw, details as flat fields

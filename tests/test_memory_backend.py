@@ -60,3 +60,28 @@ def test_connect_defaults_to_env_url_then_memory(monkeypatch, memory_url):
     assert d.backend.url == "memory://"
     s.close()
     d.close()
+
+
+def test_a_retained_log_costs_its_bytes_and_nothing_to_the_garbage_collector(memory_url):
+    """A log of small messages keeps small entries (orjson's 4 KiB output buffers are not
+    retained), and adds no container per entry for every full collection to walk."""
+    import gc
+    import tracemalloc
+
+    s = el.connect(memory_url)
+    rows = [{"sensor": "s1", "temp": 21.5, "n": i} for i in range(20_000)]
+    gc.collect()
+    tracked = len(gc.get_objects())
+    tracemalloc.start()
+    try:
+        s.publish_many("t", rows)
+        for _ in range(100):
+            s.publish("t", {"sensor": "s1", "temp": 21.5})
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 1_000
+    assert retained / 20_100 < 400  # bytes per entry: id, fields dict, JSON (was > 4 KiB)
+    assert s.info("t")["length"] == 20_100
+    s.close()

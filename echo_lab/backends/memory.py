@@ -28,10 +28,10 @@ _ZERO = (0, 0)
 
 
 class _Pending:
-    __slots__ = ("consumer", "delivered_at", "deliveries", "fields", "key")
+    __slots__ = ("consumer", "delivered_at", "deliveries", "fields", "pos")
 
-    def __init__(self, key: tuple[int, int], fields: Fields, consumer: str) -> None:
-        self.key = key
+    def __init__(self, pos: int, fields: Fields, consumer: str) -> None:
+        self.pos = pos
         self.fields = fields
         self.consumer = consumer
         self.delivered_at = time.monotonic()
@@ -39,40 +39,61 @@ class _Pending:
 
 
 class _Group:
-    __slots__ = ("consumers", "last_key", "live", "pending")
+    __slots__ = ("consumers", "last_id", "live", "pending", "pos")
 
-    def __init__(self, last_key: tuple[int, int]) -> None:
-        self.last_key = last_key
+    def __init__(self, pos: int, last_id: str) -> None:
+        self.pos = pos  # absolute position of the next entry to hand out
+        self.last_id = last_id
         self.pending: dict[str, _Pending] = {}
         self.consumers: set[str] = set()
         self.live: set[_MemoryGroupCursor] = set()
 
 
 class _Log:
-    __slots__ = ("clock", "entries", "groups", "keys", "start")
+    """One topic's entries, addressed by absolute position (0 = the first entry ever).
+
+    Ids and fields are kept in two parallel lists rather than as one tuple per entry: a
+    tuple holding a dict stays tracked by the garbage collector forever, so a long log of
+    them would make every full collection in the process walk it.
+    """
+
+    __slots__ = ("base", "clock", "fields", "groups", "ids", "start")
 
     def __init__(self) -> None:
-        self.keys: list[tuple[int, int]] = []
-        self.entries: list[RawEntry] = []
-        self.start = 0  # index of the oldest retained entry (the prefix is dropped lazily)
+        self.ids: list[str] = []
+        self.fields: list[Fields] = []
+        self.base = 0  # absolute position of ids[0] (a read prefix is dropped lazily)
+        self.start = 0  # absolute position of the oldest retained entry
         self.clock = IdClock()
         self.groups: dict[str, _Group] = {}
 
+    @property
+    def end(self) -> int:
+        """Absolute position after the newest entry."""
+        return self.base + len(self.ids)
+
     def __len__(self) -> int:
-        return len(self.entries) - self.start
+        return self.base + len(self.ids) - self.start
 
-    def index_after(self, key: tuple[int, int]) -> int:
-        """Index of the first retained entry with a key greater than ``key``."""
-        return max(self.start, bisect_right(self.keys, key, self.start))
+    def position_after(self, key: tuple[int, int]) -> int:
+        """Absolute position of the first retained entry with an id greater than ``key``."""
+        return self.base + bisect_right(self.ids, key, self.start - self.base, key=parse_id)
 
-    def last_key(self) -> tuple[int, int]:
-        return self.keys[-1] if len(self) else (self.clock.ms, self.clock.seq)
+    def last_id(self) -> str:
+        """Id of the newest entry, or the clock's (what ``"$"`` means on an empty log)."""
+        return self.ids[-1] if len(self) else f"{self.clock.ms}-{self.clock.seq}"
 
-    def trim_to(self, index: int) -> None:
-        self.start = index
-        if self.start > 4096 and self.start * 2 > len(self.entries):
-            del self.keys[: self.start], self.entries[: self.start]
-            self.start = 0
+    def entries(self, pos: int, end: int) -> list[RawEntry]:
+        """Entries from absolute ``pos`` to ``end`` as ``(id, fields)`` pairs."""
+        i, j = pos - self.base, end - self.base
+        return list(zip(self.ids[i:j], self.fields[i:j], strict=True))
+
+    def trim_to(self, pos: int) -> None:
+        self.start = pos
+        drop = pos - self.base
+        if drop > 4096 and drop * 2 > len(self.ids):
+            del self.ids[:drop], self.fields[:drop]
+            self.base = pos
 
 
 class _Store:
@@ -103,15 +124,13 @@ class _Store:
         free = maxlen - len(log)
         if free > 0:
             return free
-        oldest_unread = None
+        oldest_unread = log.end
         for reader in self.readers.get(topic, ()):
-            if oldest_unread is None or reader.last_key < oldest_unread:
-                oldest_unread = reader.last_key
+            oldest_unread = min(oldest_unread, reader.position_in(log))
         for group in log.groups.values():
-            if group.live and (oldest_unread is None or group.last_key < oldest_unread):
-                oldest_unread = group.last_key
-        limit = len(log.entries) if oldest_unread is None else log.index_after(oldest_unread)
-        return maxlen - (len(log.entries) - limit)
+            if group.live:
+                oldest_unread = min(oldest_unread, group.pos)
+        return maxlen - (log.end - max(oldest_unread, log.start))
 
     def append_now(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
         """Append as many entries as there is room for; return their ids."""
@@ -126,15 +145,13 @@ class _Store:
             log.trim_to(log.start + overflow)
         ms, seq = log.clock.next_keys(n)
         if n == 1:  # single publishes: the common case from sync code
-            id_ = f"{ms}-{seq}"
-            log.keys.append((ms, seq))
-            log.entries.append((id_, entries[0]))
-            ids = [id_]
+            ids = [f"{ms}-{seq}"]
+            log.ids.append(ids[0])
+            log.fields.append(entries[0])
         else:
-            ids = [f"{ms}-{s}" for s in range(seq, seq + n)]
-            log.keys += [(ms, s) for s in range(seq, seq + n)]
-            # a list, not an iterator: list.extend(iterator) reallocates to fit every time
-            log.entries += list(zip(ids, entries[:n], strict=True))
+            ids = list(map(f"{ms}-".__add__, map(str, range(seq, seq + n))))
+            log.ids += ids
+            log.fields += entries[:n]
         self.wake_readers(topic)
         return ids
 
@@ -241,10 +258,12 @@ class MemoryBackend(Backend):
         after = parse_start(start)
         store = self._store
         with store.lock:
+            log = store.logs.get(topic)
             if after is None:
-                log = store.logs.get(topic)
-                after = log.last_key() if log else _ZERO  # all of a future log is new
-            cursor = _MemoryCursor(self, topic, after)
+                last_id = log.last_id() if log else "0-0"  # all of a future log is new
+                cursor = _MemoryCursor(self, topic, last_id, log, log.end if log else 0)
+            else:
+                cursor = _MemoryCursor(self, topic, format_id(after), None, 0)
             store.readers.setdefault(topic, set()).add(cursor)
         self._cursors.add(cursor)
         return cursor
@@ -261,7 +280,11 @@ class MemoryBackend(Backend):
                 log = store.logs[topic] = _Log()
             grp = log.groups.get(group)
             if grp is None:
-                grp = log.groups[group] = _Group(log.last_key() if after is None else after)
+                if after is None:
+                    grp = _Group(log.end, log.last_id())
+                else:
+                    grp = _Group(log.position_after(after), format_id(after))
+                log.groups[group] = grp
             grp.consumers.add(consumer)
             cursor = _MemoryGroupCursor(self, topic, group, consumer, claim_idle, grp)
             grp.live.add(cursor)
@@ -277,11 +300,11 @@ class MemoryBackend(Backend):
             log = self._store.logs.get(topic)
             if log is None:
                 return []
-            i = max(log.start, bisect_left(log.keys, lo, log.start))
-            j = bisect_right(log.keys, hi, i)
+            i = bisect_left(log.ids, lo, log.start - log.base, key=parse_id)
+            j = bisect_right(log.ids, hi, i, key=parse_id)
             if count is not None:
                 j = min(j, i + max(count, 0))
-            return log.entries[i:j]
+            return log.entries(log.base + i, log.base + j)
 
     # -- introspection --------------------------------------------------------------------
     async def topics(self) -> list[str]:
@@ -302,8 +325,8 @@ class MemoryBackend(Backend):
             return {
                 "topic": topic,
                 "length": len(log),
-                "first_id": log.entries[log.start][0],
-                "last_id": log.entries[-1][0],
+                "first_id": log.ids[log.start - log.base],
+                "last_id": log.ids[-1],
                 "groups": len(log.groups),
             }
 
@@ -317,8 +340,8 @@ class MemoryBackend(Backend):
                     "name": name,
                     "consumers": len(grp.consumers),
                     "pending": len(grp.pending),
-                    "last_delivered_id": format_id(grp.last_key),
-                    "lag": len(log.entries) - log.index_after(grp.last_key),
+                    "last_delivered_id": grp.last_id,
+                    "lag": log.end - max(grp.pos, log.start),
                 }
                 for name, grp in sorted(log.groups.items())
             ]
@@ -334,7 +357,7 @@ class MemoryBackend(Backend):
         now = time.monotonic()
         with self._store.lock:
             grp = self._group(topic, group)
-            rows = sorted(grp.pending.items(), key=lambda item: item[1].key)
+            rows = sorted(grp.pending.items(), key=lambda item: item[1].pos)
             return [
                 {
                     "id": id_,
@@ -401,18 +424,24 @@ LINGER_BATCH = 16
 
 
 class _MemoryCursor(Cursor):
-    __slots__ = ("_backend", "_closed", "_woken", "last_key", "topic")
+    __slots__ = ("_backend", "_closed", "_woken", "last_id", "log", "pos", "topic")
 
-    def __init__(self, backend: MemoryBackend, topic: str, after: tuple[int, int]) -> None:
+    def __init__(
+        self, backend: MemoryBackend, topic: str, last_id: str, log: _Log | None, pos: int
+    ) -> None:
         self._backend = backend
         self.topic = topic
-        self.last_key = after
+        self.last_id = last_id
+        self.log = log  # the log ``pos`` is in (None until the topic is first read)
+        self.pos = pos  # absolute position of the next entry to read
         self._closed = False
         self._woken = 0.0
 
-    @property
-    def last_id(self) -> str:
-        return format_id(self.last_key)
+    def position_in(self, log: _Log) -> int:
+        """This reader's next position in ``log`` (a new or re-created log: after last_id)."""
+        if log is self.log:
+            return self.pos
+        return log.position_after(parse_id(self.last_id))
 
     def _take(self, count: int) -> list[RawEntry]:
         store = self._backend._store
@@ -420,13 +449,17 @@ class _MemoryCursor(Cursor):
             log = store.logs.get(self.topic)
             if log is None:
                 return []
-            i = log.index_after(self.last_key)
-            batch = log.entries[i : i + count]
-            if batch:
-                self.last_key = log.keys[i + len(batch) - 1]
-                if store.space_waiters or store.sync_space_waiting:
-                    store.wake_producers(self.topic)
-            return batch
+            if log is not self.log:
+                self.log, self.pos = log, self.position_in(log)
+            pos = max(self.pos, log.start)
+            end = min(pos + count, log.end)
+            if end <= pos:
+                return []
+            self.pos = end
+            self.last_id = log.ids[end - log.base - 1]
+            if store.space_waiters or store.sync_space_waiting:
+                store.wake_producers(self.topic)
+            return log.entries(pos, end)
 
     async def read(self, count: int, timeout: float | None) -> list[RawEntry]:
         batch = self._take(count)
@@ -532,12 +565,14 @@ class _MemoryGroupCursor(GroupCursor):
             self._own_first = False
             room = count - len(batch)
             if room > 0:
-                i = log.index_after(grp.last_key)
-                new = log.entries[i : i + room]
-                if new:
-                    grp.last_key = log.keys[i + len(new) - 1]
-                    for key, (id_, fields) in zip(log.keys[i : i + len(new)], new, strict=True):
-                        grp.pending[id_] = _Pending(key, fields, self.consumer)
+                pos = max(grp.pos, log.start)
+                end = min(pos + room, log.end)
+                if end > pos:
+                    grp.pos = end
+                    grp.last_id = log.ids[end - log.base - 1]
+                    pending, consumer = grp.pending, self.consumer
+                    for i, (id_, fields) in enumerate(log.entries(pos, end), pos):
+                        pending[id_] = _Pending(i, fields, consumer)
                         batch.append((id_, fields, 1))
                     if store.space_waiters or store.sync_space_waiting:
                         store.wake_producers(self.topic)

@@ -35,6 +35,7 @@ from websockets.http11 import Request, Response
 from ..backends import Backend, backend_from_url
 from ..backends.base import Cursor, GroupCursor
 from ..backends.memory import MemoryBackend
+from ..codec import to_json
 from ..errors import GroupError
 from .protocol import PROTOCOL_VERSION, FrameError, dumps, parse_frame
 
@@ -586,11 +587,11 @@ class _Conn:
             if frame["fields"] is not None:
                 entries = [frame["fields"]]
             else:
-                fields = {"data": orjson.dumps(frame["data"])}
+                fields = {"data": to_json(frame["data"])}
                 if frame["type"] is not None:
                     fields["type"] = frame["type"].encode()
                 if frame["headers"]:
-                    fields["headers"] = orjson.dumps(frame["headers"])
+                    fields["headers"] = to_json(frame["headers"])
                 entries = [fields]
         maxlen = min(frame["maxlen"] or self.limits["default_maxlen"], self.limits["max_maxlen"])
         ids = await self.broker.backend.append(frame["topic"], entries, maxlen)
