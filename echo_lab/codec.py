@@ -51,7 +51,10 @@ def to_json(value: Any, option: int = _OPT) -> bytes:
     keep for every message (and allocating one per message makes the allocator fault pages
     in). Joining it with ``b""`` copies it to its own size.
     """
-    return b"".join((_dumps(value, option=option), b""))
+    return _join((_dumps(value, option=option), b""))
+
+
+_join = b"".join
 
 
 def _dump(topic: str, value: Any) -> bytes:
@@ -79,7 +82,10 @@ def encode_json(
 ) -> dict[str, bytes]:
     """Encode as echo_lab's JSON fields: ``data`` (JSON), ``type`` and ``headers`` if any."""
     if type(data) is dict and not headers:  # the hot path: a plain dict, no headers
-        return {"data": _dump(topic, data)}
+        try:
+            return {"data": _join((_dumps(data, option=_OPT), b""))}
+        except TypeError:
+            pass  # _dump below names the problem
     _check(topic, data, headers)
     fields = {"data": _dump(topic, data)}
     if isinstance(data, Message):
@@ -115,8 +121,11 @@ def encode_many(
     rows = list(rows)
     if encoder is encode_json and not headers:
         try:
+            join, dumps, opt = _join, _dumps, _OPT
             return [
-                {"data": to_json(row)} if type(row) is dict else encode_json(topic, row)
+                {"data": join((dumps(row, option=opt), b""))}
+                if type(row) is dict
+                else encode_json(topic, row)
                 for row in rows
             ]
         except TypeError:

@@ -28,6 +28,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
         self._nested = False
 
     @property
@@ -45,6 +46,7 @@ class Runtime:
                 )
                 self._thread.start()
                 ready.wait()
+                self._thread_id = self._thread.ident
                 self._loop = loop
             return self._loop
 
@@ -63,7 +65,7 @@ class Runtime:
 
     def in_loop_thread(self) -> bool:
         """True when called from the runtime loop's own thread."""
-        return self._thread is not None and threading.current_thread() is self._thread
+        return threading.get_ident() == self._thread_id
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the runtime loop and return its result (the sync bridge)."""
@@ -100,7 +102,7 @@ class Runtime:
         """Cancel everything on the loop and stop its thread (called at interpreter exit)."""
         with self._lock:
             loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
+            self._loop = self._thread = self._thread_id = None
             self._nested = False
         if loop is None or thread is None:
             return

@@ -137,12 +137,15 @@ class _Store:
         log = self.logs.get(topic)
         if log is None:
             log = self.logs[topic] = _Log()
-        n = min(len(entries), self.room(topic, log, maxlen))
-        if n <= 0:
-            return []
-        overflow = len(log) + n - maxlen
-        if overflow > 0:
-            log.trim_to(log.start + overflow)
+        n = len(entries)
+        retained = log.base + len(log.ids) - log.start
+        if retained + n > maxlen:
+            n = min(n, self.room(topic, log, maxlen))
+            if n <= 0:
+                return []
+            overflow = retained + n - maxlen
+            if overflow > 0:
+                log.trim_to(log.start + overflow)
         ms, seq = log.clock.next_keys(n)
         if n == 1:  # single publishes: the common case from sync code
             ids = [f"{ms}-{seq}"]
@@ -152,7 +155,8 @@ class _Store:
             ids = list(map(f"{ms}-".__add__, map(str, range(seq, seq + n))))
             log.ids += ids
             log.fields += entries[:n]
-        self.wake_readers(topic)
+        if topic in self.waiters:
+            self.wake_readers(topic)
         return ids
 
 
@@ -451,15 +455,17 @@ class _MemoryCursor(Cursor):
                 return []
             if log is not self.log:
                 self.log, self.pos = log, self.position_in(log)
-            pos = max(self.pos, log.start)
-            end = min(pos + count, log.end)
-            if end <= pos:
+            base = log.base
+            i = max(self.pos, log.start) - base
+            j = min(i + count, len(log.ids))
+            if j <= i:
                 return []
-            self.pos = end
-            self.last_id = log.ids[end - log.base - 1]
+            ids, fields = log.ids[i:j], log.fields[i:j]
+            self.pos = base + j
+            self.last_id = ids[-1]
             if store.space_waiters or store.sync_space_waiting:
                 store.wake_producers(self.topic)
-            return log.entries(pos, end)
+        return list(zip(ids, fields, strict=True))
 
     async def read(self, count: int, timeout: float | None) -> list[RawEntry]:
         batch = self._take(count)
