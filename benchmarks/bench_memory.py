@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
+
 import echo_lab as el
 
 from .common import Counter, Row, best_rate
@@ -43,6 +45,23 @@ async def _raw_queue_fan_out(n: int, subscribers: int = 4) -> int:
     for row in ROWS[:n]:
         for q in queues:
             await q.put(row)
+    await asyncio.gather(*tasks)
+    return n
+
+
+async def _raw_queue_json(n: int, subscribers: int = 1) -> int:
+    """Context: queues carrying JSON, so each consumer gets its own copy (as ours do)."""
+    queues = [asyncio.Queue(maxsize=1000) for _ in range(subscribers)]
+
+    async def consume(q: asyncio.Queue[bytes]) -> None:
+        for _ in range(n):
+            orjson.loads(await q.get())
+
+    tasks = [asyncio.create_task(consume(q)) for q in queues]
+    for row in ROWS[:n]:
+        raw = orjson.dumps(row)
+        for q in queues:
+            await q.put(raw)
     await asyncio.gather(*tasks)
     return n
 
@@ -102,6 +121,8 @@ def run() -> list[Row]:
     raw_4 = best_rate(lambda: rt.run(_raw_queue_fan_out(N // 4)))
     ours_4 = best_rate(lambda: rt.run(_ours_batch(stream, N // 4, 4)))
     ours_sync = best_rate(lambda: _ours_sync_publish(stream, N_SYNC))
+    json_1 = best_rate(lambda: rt.run(_raw_queue_json(N)))
+    json_4 = best_rate(lambda: rt.run(_raw_queue_json(N // 4, 4)))
     stream.close()
     return [
         Row("memory", "publish_many -> 1 async subscriber vs Queue 1->1", ours_1, raw_1, bar=0.5),
@@ -113,4 +134,6 @@ def run() -> list[Row]:
             raw_1,
             bar=0.1,
         ),
+        Row("memory", "publish_many -> 1 vs Queue of JSON 1->1 (context)", ours_1, json_1),
+        Row("memory", "publish_many -> 4 vs 4 Queues of JSON (context)", ours_4, json_4),
     ]
