@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from echo_lab.broker import BrokerHandle, FrameError, parse_frame, serve
-from echo_lab.broker.protocol import ERROR_CODES, OPS
+from echo_lab.broker.protocol import ERROR_CODES, OPS, _check_fields, _plain_publish
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
@@ -62,6 +62,37 @@ def test_the_parser_returns_a_valid_frame_or_a_frame_error(data: str | bytes) ->
         assert frame["op"] in OPS
         required, optional = OPS[frame["op"]]
         assert all(name in frame for name in [*required, *optional])
+
+
+texts = st.text(max_size=6)
+publishes = st.fixed_dictionaries(
+    {"op": st.just("publish")},
+    optional={
+        "topic": st.none() | st.integers() | st.text(max_size=3) | st.just("x" * 513),
+        "fields": st.none()
+        | json_values
+        | st.dictionaries(texts, texts, max_size=3)
+        | st.dictionaries(texts, texts | st.just({"b64": "AAE="}), max_size=2),
+        "entries": st.none()
+        | json_values
+        | st.lists(st.dictionaries(texts, texts | json_values, max_size=2), max_size=3),
+        "data": st.none() | json_values,
+        "type": st.none() | json_values,
+        "headers": st.none() | st.dictionaries(texts, texts, max_size=2),
+        "maxlen": st.none() | st.integers() | st.booleans() | st.floats(),
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(publishes)
+def test_the_quick_publish_check_agrees_with_the_full_one(frame: dict) -> None:
+    quick, full = json.loads(json.dumps(frame)), json.loads(json.dumps(frame))
+    if _plain_publish(quick):
+        _check_fields("publish", OPS["publish"], full)  # accepted by both, same result
+        assert json.dumps(quick, sort_keys=True) == json.dumps(full, sort_keys=True)
+    else:
+        assert json.dumps(quick) == json.dumps(frame)  # untouched, for the full check
 
 
 @pytest.fixture(scope="module")

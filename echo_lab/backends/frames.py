@@ -2,6 +2,7 @@
 (:mod:`echo_lab.backends.websocket`) and the broker (:mod:`echo_lab.broker`).
 
 Entry field values travel as text; bytes that are not UTF-8 travel as ``{"b64": "…"}``.
+Both sides write frames with :func:`send_now` where they can (no trip through the loop).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from websockets.protocol import State
 
-__all__ = ["dumps", "fields_from_wire"]
+__all__ = ["dumps", "fields_from_wire", "send_now"]
+
+_OPEN = State.OPEN
 
 
 def _default(value: Any) -> Any:
@@ -38,3 +42,21 @@ def fields_from_wire(fields: dict[str, Any]) -> dict[str, Any]:
         if type(value) is dict:
             fields[key] = base64.b64decode(value["b64"])
     return fields
+
+
+def send_now(ws: Any, data: bytes, limit: int = 0) -> bool:
+    """Write ``data`` as one text frame on the websockets connection ``ws`` right away, when
+    it is open and at most ``limit`` bytes wait in its write buffer; ``False`` otherwise
+    (then ``await ws.send(data, text=True)``, which waits for room or raises
+    ``ConnectionClosed``).
+
+    This is what ``websockets.broadcast`` does for each connection: the frame goes to the
+    socket in this call (asyncio sockets have TCP_NODELAY), without ``send()``'s context
+    manager and its await, so a caller in a callback needs no task. A frame is never split:
+    nothing else of ours sends fragmented messages.
+    """
+    if ws.protocol.state is not _OPEN or ws.transport.get_write_buffer_size() > limit:
+        return False
+    ws.protocol.send_text(data)
+    ws.send_data()
+    return True

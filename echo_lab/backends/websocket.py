@@ -32,7 +32,7 @@ from ..codec import Fields
 from ..errors import BackendConnectionError, EchoLabError, GroupError
 from ..ids import Position
 from .base import Backend, Cursor, GroupCursor, GroupEntry, RawEntry
-from .frames import dumps, fields_from_wire
+from .frames import dumps, fields_from_wire, send_now
 
 __all__ = ["AuthenticationError", "BrokerError", "WebSocketBackend"]
 
@@ -338,7 +338,7 @@ class WebSocketBackend(Backend):
         """Send a request (``body``: the frame already encoded, without its rid); return the
         future of its reply (it fails with ``_Lost`` if the connection drops)."""
         while True:
-            ws = await self._ready()
+            ws = self._ws or await self._ready()
             rid = next(self._rids)
             if body is None:
                 frame["rid"] = rid
@@ -347,6 +347,8 @@ class WebSocketBackend(Backend):
                 data = b'%s,"rid":%d}' % (body[:-1], rid)
             fut = asyncio.get_running_loop().create_future()
             self._pending[rid] = fut
+            if send_now(ws, data):  # nothing queued before it: written in this call
+                return fut
             try:
                 await ws.send(data, text=True)
             except ConnectionClosed:
@@ -379,8 +381,10 @@ class WebSocketBackend(Backend):
         """Send a frame that needs no reply, if connected (else drop it)."""
         ws = self._ws
         if ws is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(dumps(frame), text=True)
+            data = dumps(frame)
+            if not send_now(ws, data):
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(data, text=True)
 
     # -- Backend API ----------------------------------------------------------------------------
     async def append(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
@@ -586,10 +590,13 @@ class _WSCursor(Cursor):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(remaining):
-                    await self._waiter
+                if remaining is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout(remaining):
+                        await waiter
             except TimeoutError:
                 return []
             finally:

@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 
 from ..backends import Backend, backend_from_url
 from ..backends.base import Cursor, GroupCursor
+from ..backends.frames import send_now
 from ..backends.memory import MemoryBackend
 from ..codec import to_json
 from ..errors import GroupError
@@ -92,8 +93,8 @@ class Broker:
         self._owns_backend = owns_backend
         self._server: Server | None = None
         self._conns: set[_Conn] = set()
-        #: topic -> number of push subscriptions on this broker (to deliver before replying)
-        self.watched: dict[str, int] = {}
+        #: topic -> the push subscriptions on this broker (delivered to before replying)
+        self.watched: dict[str, set[_Sub]] = {}
         #: Counters (read any time): connections, frames, messages and disconnect reasons.
         self.stats: dict[str, Any] = {
             "connections": 0,
@@ -194,9 +195,30 @@ _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 class _Sub:
     """One subscription of a connection: a fan-out cursor pushed with credit, or a group
-    cursor read on request (``pull``)."""
+    cursor read on request (``pull``).
 
-    __slots__ = ("conn", "credit", "cursor", "group", "id", "request", "task", "waiter")
+    A fan-out subscription on in-process storage (``conn.direct``) runs without a task: its
+    pending ``cursor.read`` is driven by :meth:`pump` from the callbacks of what the read
+    waits for, and a publish on this broker resumes it at once (:meth:`kick`), so the entries
+    go out in the same event-loop iteration as the publish frame that added them. On other
+    storage (Redis: its reads need a task for their timeouts) a task runs the same loop.
+    """
+
+    __slots__ = (
+        "blocked",
+        "conn",
+        "credit",
+        "cursor",
+        "ended",
+        "group",
+        "head",
+        "id",
+        "pending",
+        "pumping",
+        "request",
+        "task",
+        "waiter",
+    )
 
     def __init__(self, conn: _Conn, sub_id: Any, cursor: Cursor | GroupCursor, credit: int):
         self.conn = conn
@@ -207,17 +229,27 @@ class _Sub:
         self.request: tuple[Any, int, float | None] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.head = b'{"op":"deliver","sub":' + orjson.dumps(sub_id) + b',"entries":'
+        self.pending: Coroutine[Any, Any, list[Any]] | None = None  # the read being driven
+        self.blocked: Any = None  # what that read waits for
+        self.pumping = False
+        self.ended = False
 
     def start(self) -> None:
         if self.group:
-            coro = self._pull_loop()
+            self.task = asyncio.get_running_loop().create_task(self._pull_loop())
+            return
+        self.conn.broker.watched.setdefault(self.cursor.topic, set()).add(self)
+        if self.conn.direct:
+            self.pump()
         else:
-            watched = self.conn.broker.watched
-            watched[self.cursor.topic] = watched.get(self.cursor.topic, 0) + 1
-            coro = self._push_loop()
-        self.task = asyncio.get_running_loop().create_task(coro)
+            self.task = asyncio.get_running_loop().create_task(self._push_loop())
 
     def wake(self) -> None:
+        """More credit (fan-out) or a pull request (group) arrived."""
+        if self.task is None and not self.group:
+            self.pump()
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -229,9 +261,71 @@ class _Sub:
         finally:
             self.waiter = None
 
+    def deliver(self, entries: list[Any]) -> bool:
+        """Write entries in deliver frames (split if big); ``False`` once the client is gone."""
+        self.credit -= len(entries)
+        self.conn.broker.stats["delivered"] += len(entries)
+        head, write = self.head, self.conn.write
+        data = dumps(entries)
+        if len(data) > DELIVER_BYTES and len(entries) > 1:  # big entries: split
+            step = max(1, len(entries) * DELIVER_BYTES // len(data))
+            for i in range(0, len(entries), step):
+                if not write(head + dumps(entries[i : i + step]) + b"}"):
+                    return False
+            return True
+        return write(head + data + b"}")
+
+    # -- fan-out on in-process storage: no task ---------------------------------------------
+    def kick(self) -> None:
+        """Entries were just appended to the topic here: if the pending read was woken by it,
+        resume it now instead of in the next loop iteration."""
+        blocked = self.blocked
+        if blocked is not None and blocked.done():
+            self.blocked = None
+            self.pump()
+
+    def _resume(self, fut: Any) -> None:
+        if fut is self.blocked:
+            self.blocked = None
+            self.pump()
+
+    def pump(self) -> None:
+        """Deliver what the cursor has within the credit, then leave a read pending on it,
+        to be resumed by :meth:`_resume` (or :meth:`kick`)."""
+        if self.blocked is not None or self.pumping or self.ended:
+            return
+        self.pumping = True
+        try:
+            while self.credit > 0:
+                read = self.pending
+                if read is None:
+                    read = self.pending = self.cursor.read(min(self.credit, DELIVER_BATCH), None)
+                try:
+                    blocked = read.send(None)
+                except StopIteration as done:
+                    self.pending = None
+                    # nothing: read(None) returns so only once the cursor closed
+                    if not done.value or not self.deliver(done.value):
+                        self.ended = True
+                        return
+                    continue
+                except (Exception, asyncio.CancelledError) as exc:  # the backend failed
+                    self.pending = None
+                    self.ended = True
+                    self.conn.write(dumps(_error_for(exc, sub=self.id)))
+                    return
+                if not isinstance(blocked, asyncio.Future):  # a bare yield (sleep(0))
+                    blocked = asyncio.get_running_loop().create_future()
+                    blocked.set_result(None)
+                self.blocked = blocked
+                blocked.add_done_callback(self._resume)
+                return
+        finally:
+            self.pumping = False
+
+    # -- fan-out on other storage, and groups: a task -----------------------------------------
     async def _push_loop(self) -> None:
-        conn, cursor, stats = self.conn, self.cursor, self.conn.broker.stats
-        head = b'{"op":"deliver","sub":' + orjson.dumps(self.id) + b',"entries":'
+        conn, cursor = self.conn, self.cursor
         try:
             while True:
                 if self.credit <= 0:
@@ -240,15 +334,7 @@ class _Sub:
                 entries = await cursor.read(min(self.credit, DELIVER_BATCH), None)
                 if not entries:  # read(None) returns nothing only once the cursor closed
                     return
-                self.credit -= len(entries)
-                stats["delivered"] += len(entries)
-                data = dumps(entries)
-                if len(data) > DELIVER_BYTES and len(entries) > 1:  # big entries: split
-                    step = max(1, len(entries) * DELIVER_BYTES // len(data))
-                    for i in range(0, len(entries), step):
-                        if not await conn.send_raw(head + dumps(entries[i : i + step]) + b"}"):
-                            return
-                elif not await conn.send_raw(head + data + b"}"):
+                if not self.deliver(entries):
                     return
         except asyncio.CancelledError:
             raise
@@ -275,12 +361,19 @@ class _Sub:
             self.request = None
 
     async def close(self) -> None:
-        if self.task is not None and not self.group:
+        self.ended = True
+        if not self.group:
             watched, topic = self.conn.broker.watched, self.cursor.topic
-            if watched.get(topic, 0) <= 1:
-                watched.pop(topic, None)
-            else:
-                watched[topic] -= 1
+            subs = watched.get(topic)
+            if subs is not None:
+                subs.discard(self)
+                if not subs:
+                    del watched[topic]
+        self.blocked = None
+        if self.pending is not None:  # run the read's cleanup (it leaves its wait)
+            pending, self.pending = self.pending, None
+            with contextlib.suppress(Exception):
+                pending.close()
         if self.task is not None:
             self.task.cancel()
             # Do not hang on a backend read that is slow to honour the cancellation.
@@ -330,33 +423,21 @@ class _Conn:
     # -- sending ---------------------------------------------------------------------------
     async def send(self, frame: dict[str, Any]) -> bool:
         """Send a frame to the client; ``False`` if the connection is gone or too slow."""
-        return await self.send_raw(dumps(frame))
+        return self.write(dumps(frame))
 
-    async def send_raw(self, data: bytes) -> bool:
-        """Send an encoded frame, unless the client's send queue is full (then drop it)."""
+    def write(self, data: bytes) -> bool:
+        """Write an encoded frame to the socket now (no await: callbacks use it too), unless
+        the connection is closing, or the client's send queue is full (then it is dropped)."""
         if self.closing:
             return False
-        queued = self.ws.transport.get_write_buffer_size()
-        if queued and queued + len(data) > self.limits["max_send_queue"]:
+        ws = self.ws
+        limit = self.limits["max_send_queue"]
+        queued = ws.transport.get_write_buffer_size()
+        if queued and queued + len(data) > limit:
             self.slow()
             return False
-        # The write limit is above max_send_queue, so this writes and returns at once.
-        try:
-            await self.ws.send(data, text=True)
-        except ConnectionClosed:
-            return False
-        return True
-
-    def send_soon(self, data: bytes) -> None:
-        """Send from a callback: ``send_raw`` run at once, finished in a task if it waits."""
-        coro = self.send_raw(data)
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return
-        task = asyncio.ensure_future(_Resume(coro, waiting_on))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        # False only when the connection is not open (closing: nothing more can be sent).
+        return send_now(ws, data, limit)
 
     def slow(self) -> None:
         """The client stopped reading: count it and drop the connection at once."""
@@ -596,13 +677,20 @@ class _Conn:
         maxlen = min(frame["maxlen"] or self.limits["default_maxlen"], self.limits["max_maxlen"])
         ids = await self.broker.backend.append(frame["topic"], entries, maxlen)
         self.broker.stats["published"] += len(ids)
-        if frame["topic"] in self.broker.watched and frame["rid"] is not None:
-            # Local subscribers were just woken: let them deliver before the publisher's
-            # acknowledgement is written (delivery latency over acknowledgement latency).
-            reply = dumps({"op": "ok", "rid": frame["rid"], "result": ids})
-            asyncio.get_running_loop().call_soon(self.send_soon, reply)
-            return _NO_REPLY
+        subs = self.broker.watched.get(frame["topic"])
+        if subs:
+            # Local subscribers were just woken: those on in-process storage deliver now;
+            # the publisher's acknowledgement is written after the others had their turn
+            # too (delivery latency over acknowledgement latency).
+            for sub in tuple(subs):
+                sub.kick()
+            if frame["rid"] is not None:
+                asyncio.get_running_loop().call_soon(self._ack, frame["rid"], ids)
+                return _NO_REPLY
         return ids
+
+    def _ack(self, rid: Any, ids: list[str]) -> None:
+        self.write(b'{"op":"ok","rid":%b,"result":%b}' % (orjson.dumps(rid), orjson.dumps(ids)))
 
     async def op_subscribe(self, frame: dict[str, Any]) -> Any:
         sub_id = frame["sub"]
