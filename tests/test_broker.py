@@ -335,6 +335,10 @@ def test_big_batches_are_split_and_oversized_messages_refused(broker_factory) ->
         history = stream.history("many")  # fetched in pages
         assert [e.id for e in history] == many
         assert len(stream.history("many", count=7000)) == 7000
+        newest = stream.runtime.run(stream.backend.range("many", reverse=True))  # pages too
+        assert [i for i, _ in newest] == many[::-1]
+        newest = stream.runtime.run(stream.backend.range("many", count=7000, reverse=True))
+        assert [i for i, _ in newest] == many[:-7001:-1]
 
 
 def test_a_full_memory_log_waits_for_its_reader_and_a_gone_reader_releases_it(

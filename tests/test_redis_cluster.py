@@ -28,6 +28,8 @@ test_start_positions = basics.test_start_positions
 test_fan_out = basics.test_fan_out_every_subscriber_gets_every_message
 test_fan_in = basics.test_fan_in_many_producers_one_consumer
 test_retention = basics.test_retention_keeps_the_newest_maxlen
+test_info_added = basics.test_info_added_counts_every_entry_ever_appended
+test_infos = basics.test_infos_of_several_topics_in_order
 test_async_api = basics.test_async_api_from_another_event_loop
 test_group_split = groups.test_group_members_split_the_messages
 test_two_groups = groups.test_two_groups_each_get_every_message
@@ -36,6 +38,7 @@ test_dead_letters = groups.test_handler_failure_is_retried_then_dead_lettered_an
 test_undecodable = groups.test_undecodable_entry_is_skipped_counted_and_dead_lettered
 test_crystal_echo = groups.test_crystal_echo_format_both_ways
 test_introspection = groups.test_introspection
+test_range_reverse = groups.test_range_reverse_gives_the_newest_first
 test_ack_and_claim = groups.test_ack_and_claim_by_hand
 test_delete_recovers = groups.test_deleting_a_topic_under_a_group_consumer_recovers
 
@@ -49,6 +52,8 @@ def test_topics_spread_over_every_node_and_are_all_listed(
         for name in names:
             stream.publish(name, {"name": name})
         assert stream.topics() == sorted(names)
+        infos = stream.runtime.run(stream.backend.infos(names))  # one pipeline per node
+        assert [(i["topic"], i["length"], i["added"]) for i in infos] == [(n, 1, 1) for n in names]
         for name in names:
             (env,) = stream.take(name, 1, timeout=5, start="0")
             assert env.data == {"name": name}

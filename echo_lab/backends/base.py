@@ -7,6 +7,7 @@ messages, codecs, threads or notebooks: :class:`echo_lab.Stream` adds those on t
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -104,9 +105,17 @@ class Backend(ABC):
 
     @abstractmethod
     async def range(
-        self, topic: str, start: str = "-", end: str = "+", count: int | None = None
+        self,
+        topic: str,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+        *,
+        reverse: bool = False,
     ) -> list[RawEntry]:
-        """Entries with ``start <= id <= end`` (``"-"``/``"+"``: the ends), oldest first."""
+        """Entries with ``start <= id <= end`` (``"-"``/``"+"``: the ends), oldest first; the
+        first ``count`` of them. ``reverse=True``: newest first, and ``count`` is taken from
+        the newest end (as ``XREVRANGE``: the newest few entries cost what they are)."""
 
     @abstractmethod
     async def topics(self) -> list[str]:
@@ -114,7 +123,15 @@ class Backend(ABC):
 
     @abstractmethod
     async def info(self, topic: str) -> dict[str, Any]:
-        """``{"topic", "length", "first_id", "last_id", "groups"}`` (length 0 if absent)."""
+        """``{"topic", "length", "first_id", "last_id", "groups", "added"}`` (length 0 if
+        absent). ``added`` counts every entry ever appended to the topic, trimmed ones too
+        (0 if absent; ``None`` where the store cannot tell, e.g. Redis < 7): a counter
+        widgets can poll instead of reading the entries."""
+
+    async def infos(self, topics: Sequence[str]) -> list[dict[str, Any]]:
+        """:meth:`info` of several topics, in order (a backend may send them in one round
+        trip; this default asks concurrently)."""
+        return list(await asyncio.gather(*(self.info(topic) for topic in topics)))
 
     @abstractmethod
     async def groups(self, topic: str) -> list[dict[str, Any]]:

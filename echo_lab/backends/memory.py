@@ -296,7 +296,13 @@ class MemoryBackend(Backend):
         return cursor
 
     async def range(
-        self, topic: str, start: str = "-", end: str = "+", count: int | None = None
+        self,
+        topic: str,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+        *,
+        reverse: bool = False,
     ) -> list[RawEntry]:
         lo = _ZERO if start == "-" else parse_id(start)
         hi = (2**63, MAX_SEQ) if end == "+" else parse_id(end, default_seq=MAX_SEQ)
@@ -306,9 +312,14 @@ class MemoryBackend(Backend):
                 return []
             i = bisect_left(log.ids, lo, log.start - log.base, key=parse_id)
             j = bisect_right(log.ids, hi, i, key=parse_id)
-            if count is not None:
+            if count is not None and reverse:
+                i = max(i, j - max(count, 0))
+            elif count is not None:
                 j = min(j, i + max(count, 0))
-            return log.entries(log.base + i, log.base + j)
+            entries = log.entries(log.base + i, log.base + j)
+        if reverse:
+            entries.reverse()
+        return entries
 
     # -- introspection --------------------------------------------------------------------
     async def topics(self) -> list[str]:
@@ -325,6 +336,7 @@ class MemoryBackend(Backend):
                     "first_id": None,
                     "last_id": None,
                     "groups": len(log.groups) if log else 0,
+                    "added": log.end if log else 0,
                 }
             return {
                 "topic": topic,
@@ -332,6 +344,7 @@ class MemoryBackend(Backend):
                 "first_id": log.ids[log.start - log.base],
                 "last_id": log.ids[-1],
                 "groups": len(log.groups),
+                "added": log.end,  # absolute positions: every entry ever appended
             }
 
     async def groups(self, topic: str) -> list[dict[str, Any]]:

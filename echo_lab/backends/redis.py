@@ -777,9 +777,15 @@ class RedisBackend(Backend):
         return cursor
 
     async def range(
-        self, topic: str, start: str = "-", end: str = "+", count: int | None = None
+        self,
+        topic: str,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+        *,
+        reverse: bool = False,
     ) -> list[RawEntry]:
-        """``XRANGE`` (ids validated like every backend does)."""
+        """``XRANGE`` (``XREVRANGE`` if ``reverse``; ids validated like every backend does)."""
         if start != "-":
             parse_id(start)
         if end != "+":
@@ -787,7 +793,7 @@ class RedisBackend(Backend):
         if count is not None and count <= 0:
             return []
         key = self._key(topic)
-        cmd: list[Any] = ["XRANGE", key, start, end]
+        cmd: list[Any] = ["XREVRANGE", key, end, start] if reverse else ["XRANGE", key, start, end]
         if count is not None:
             cmd += ["COUNT", count]
         return _entries(await self._one(key, *cmd, topic=topic))
@@ -813,28 +819,28 @@ class RedisBackend(Backend):
         return sorted(names)
 
     async def info(self, topic: str) -> dict[str, Any]:
-        """``{"topic", "length", "first_id", "last_id", "groups"}`` (length 0 if absent)."""
-        key = self._key(topic)
-        (reply,) = await self._call(key, ("XINFO", "STREAM", key))
-        if isinstance(reply, ResponseError):
-            if "no such key" in str(reply).lower():
-                return {
-                    "topic": topic,
-                    "length": 0,
-                    "first_id": None,
-                    "last_id": None,
-                    "groups": 0,
-                }
-            raise _translate(reply, topic)
-        info = _pairs(reply)
-        first, last = info.get("first-entry"), info.get("last-entry")
-        return {
-            "topic": topic,
-            "length": int(info.get("length", 0)),
-            "first_id": first[0].decode() if first else None,
-            "last_id": last[0].decode() if last else None,
-            "groups": int(info.get("groups", 0)),
-        }
+        """``XINFO STREAM``: ``{"topic", "length", "first_id", "last_id", "groups", "added"}``
+        (length 0 if absent; ``added`` is ``entries-added``, ``None`` before Redis 7)."""
+        (out,) = await self.infos([topic])
+        return out
+
+    async def infos(self, topics: Sequence[str]) -> list[dict[str, Any]]:
+        """:meth:`info` of several topics: one pipeline of ``XINFO STREAM`` per node."""
+        keys = [self._key(topic) for topic in topics]
+        by_node: dict[Addr, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_node.setdefault(self._node(key), []).append(i)
+        replies: list[Any] = [None] * len(keys)
+        for addr, indices in by_node.items():
+            got = await self._admin_exec(addr, [("XINFO", "STREAM", keys[i]) for i in indices])
+            for i, reply in zip(indices, got, strict=True):
+                replies[i] = reply
+        out = []
+        for topic, key, reply in zip(topics, keys, replies, strict=True):
+            if self.cluster and _moved(reply):  # the slot moved: ask its new node
+                (reply,) = await self._call(key, ("XINFO", "STREAM", key))
+            out.append(_stream_info(topic, reply))
+        return out
 
     async def groups(self, topic: str) -> list[dict[str, Any]]:
         """``XINFO GROUPS``: ``name, consumers, pending, last_delivered_id, lag``."""
@@ -903,6 +909,32 @@ class RedisBackend(Backend):
         return [id_.decode() for id_, flat in reply if flat is not None]
 
 
+def _stream_info(topic: str, reply: Any) -> dict[str, Any]:
+    """The Backend's info dict from an ``XINFO STREAM`` reply (or its error)."""
+    if isinstance(reply, ResponseError):
+        if "no such key" in str(reply).lower():
+            return {
+                "topic": topic,
+                "length": 0,
+                "first_id": None,
+                "last_id": None,
+                "groups": 0,
+                "added": 0,
+            }
+        raise _translate(reply, topic)
+    info = _pairs(reply)
+    first, last = info.get("first-entry"), info.get("last-entry")
+    added = info.get("entries-added")  # Redis >= 7
+    return {
+        "topic": topic,
+        "length": int(info.get("length", 0)),
+        "first_id": first[0].decode() if first else None,
+        "last_id": last[0].decode() if last else None,
+        "groups": int(info.get("groups", 0)),
+        "added": None if added is None else int(added),
+    }
+
+
 def _ids(replies: list[Any], topic: str) -> list[str]:
     out = []
     for reply in replies:
@@ -921,7 +953,9 @@ def _moved(reply: Any) -> bool:
 
 def _translate(exc: ResponseError, topic: str = "", group: str = "") -> Exception:
     text = str(exc)
-    if text.startswith("NOGROUP"):
+    # Redis >= 7 also wakes a blocked XREADGROUP with "UNBLOCKED the stream key (or consumer
+    # group) no longer exists"; older ones answer the next read with NOGROUP.
+    if text.startswith(("NOGROUP", "UNBLOCKED")):
         return GroupError(
             f"group {group!r} on topic {topic!r} no longer exists (the topic or group "
             f"was deleted): {text}"

@@ -30,7 +30,7 @@ from websockets.frames import Opcode as _Opcode
 
 from ..codec import Fields
 from ..errors import BackendConnectionError, EchoLabError, GroupError
-from ..ids import Position
+from ..ids import MAX_SEQ, Position, parse_id
 from .base import Backend, Cursor, GroupCursor, GroupEntry, RawEntry
 from .frames import dumps, fields_from_wire, send_now
 
@@ -433,19 +433,34 @@ class WebSocketBackend(Backend):
         return cursor
 
     async def range(
-        self, topic: str, start: str = "-", end: str = "+", count: int | None = None
+        self,
+        topic: str,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+        *,
+        reverse: bool = False,
     ) -> list[RawEntry]:
         out: list[RawEntry] = []
         while count is None or len(out) < count:  # in pages, so no frame gets huge
             page = _PAGE if count is None else min(_PAGE, count - len(out))
             frame = {"op": "history", "topic": topic, "start": start, "end": end}
             frame["count"] = page
+            if reverse:
+                frame["reverse"] = True
             result = await self._call(frame)
             out += [(e[0], e[1]) for e in result]
             if len(result) < page:
                 break
-            ms, _, seq = result[-1][0].partition("-")
-            start = f"{ms}-{int(seq or 0) + 1}"
+            ms, seq = parse_id(result[-1][0])
+            if not reverse:
+                start = f"{ms}-{seq + 1}"
+            elif seq:
+                end = f"{ms}-{seq - 1}"
+            elif ms:
+                end = f"{ms - 1}-{MAX_SEQ}"
+            else:
+                break  # reached id 0-0
         return out
 
     async def topics(self) -> list[str]:

@@ -219,6 +219,12 @@ def _opt_count(name: str, value: Any) -> int | None:
     return None if value is None else _int(name, value, 0, 2**31)
 
 
+def _bool(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise FrameError("bad_field", f"field {name!r} must be true or false")
+    return value
+
+
 def _maxlen(name: str, value: Any) -> int:
     return _int(name, value, 1, 2**40)
 
@@ -269,7 +275,12 @@ OPS: dict[str, tuple[_R, _O]] = {
     "unsubscribe": ({"sub": _sub}, {}),
     "history": (
         {"topic": _topic},
-        {"start": (_range_bound, "-"), "end": (_range_bound, "+"), "count": (_opt_count, None)},
+        {
+            "start": (_range_bound, "-"),
+            "end": (_range_bound, "+"),
+            "count": (_opt_count, None),
+            "reverse": (_bool, False),
+        },
     ),
     "topics": ({}, {}),
     "info": ({"topic": _topic}, {}),

@@ -752,7 +752,7 @@ class _Conn:
 
     async def op_history(self, frame: dict[str, Any]) -> Any:
         return await self.broker.backend.range(
-            frame["topic"], frame["start"], frame["end"], frame["count"]
+            frame["topic"], frame["start"], frame["end"], frame["count"], reverse=frame["reverse"]
         )
 
     async def op_topics(self, frame: dict[str, Any]) -> Any:

@@ -181,6 +181,23 @@ def test_introspection(stream, topic):
     assert [e.id for e in history] == ids[1:3]
 
 
+def test_range_reverse_gives_the_newest_first(stream, topic):
+    ids = stream.publish_many(topic, [{"n": i} for i in range(10)])
+
+    def rng(*args, **kw):
+        return [i for i, _ in stream.runtime.run(stream.backend.range(topic, *args, **kw))]
+
+    assert rng(reverse=True) == ids[::-1]
+    assert rng(count=3, reverse=True) == ids[:-4:-1]  # the newest three
+    assert rng(ids[2], ids[6], 2, reverse=True) == [ids[6], ids[5]]
+    assert rng(ids[2], ids[6], 2) == [ids[2], ids[3]]  # forward: the oldest of the range
+    assert rng(ids[9], "+", 5, reverse=True) == [ids[9]]
+    assert rng(count=0, reverse=True) == []
+    (entry,) = stream.runtime.run(stream.backend.range(topic, count=1, reverse=True))
+    assert entry[0] == ids[-1] and entry[1]  # with its fields
+    assert stream.runtime.run(stream.backend.range(f"{topic}-absent", reverse=True)) == []
+
+
 def test_ack_and_claim_by_hand(stream, topic):
     stream.publish_many(topic, [{"n": i} for i in range(3)])
     cursor = stream.runtime.run(stream.backend.group_cursor(topic, "g", "alice", "0", 60))

@@ -138,6 +138,32 @@ def test_retention_keeps_the_newest_maxlen(connect, topic):
     assert [e.data["n"] for e in got] == list(range(40 - len(got), 40))
 
 
+def test_info_added_counts_every_entry_ever_appended(connect, topic):
+    small = connect(maxlen=10)
+    assert small.info(topic)["added"] == 0  # absent
+    small.publish_many(topic, [{"n": i} for i in range(4)])
+    assert small.info(topic)["added"] == 4
+    small.publish_many(topic, [{"n": i} for i in range(30)])
+    for i in range(6):
+        small.publish(topic, {"n": i})
+    info = small.info(topic)
+    assert info["added"] == 40  # trimmed entries count too
+    assert info["length"] == 10  # maxlen <= 1000: trimmed exactly everywhere
+    (info,) = small.runtime.run(small.backend.infos([topic]))
+    assert info["added"] == 40 and info["topic"] == topic
+
+
+def test_infos_of_several_topics_in_order(stream, topic):
+    names = [f"{topic}-{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        stream.publish_many(name, [{"n": n} for n in range(i)])
+    infos = stream.runtime.run(stream.backend.infos([*names, f"{topic}-absent"]))
+    assert [i["topic"] for i in infos] == [*names, f"{topic}-absent"]
+    assert [i["length"] for i in infos] == [0, 1, 2, 3, 4, 0]
+    assert [i["added"] for i in infos] == [0, 1, 2, 3, 4, 0]
+    assert stream.runtime.run(stream.backend.infos([])) == []
+
+
 def test_typed_messages_come_back_as_instances(stream):
     got: list[el.Envelope] = []
     sub = stream.on("readings", got.append)
