@@ -1,9 +1,14 @@
 """``stream.monitor()``: a live per-topic traffic table.
 
-One raw fan-out cursor per topic runs on the runtime loop and only bumps counters (messages,
-bytes, last seen) and keeps references to the newest few raw entries: nothing is decoded on
-the message path. A :class:`~echo_lab.widgets._refresh.Ticker` redraws from the counters at
-most ~10 times a second, and decodes only the handful of entries shown for the chosen topic.
+The monitor never sits in the message path: it reads counters. On every redraw tick it polls
+the backend's ``info`` of every watched topic (one round trip: :meth:`Backend.infos`), whose
+``added`` counter (every entry ever appended, trimmed ones too) gives the new messages; rates
+come from those samples. Entries are only read a few at a time: the newest ones of the topic
+shown (when its last id changes), and a small sample of a busy topic now and then to
+estimate its bytes. Where the store keeps no such counter (Redis < 7: ``added`` is ``None``)
+the topic falls back to a raw fan-out cursor that counts every entry it reads (nothing is
+decoded there either). A :class:`~echo_lab.widgets._refresh.Ticker` drives all of this on
+the runtime loop at most ~10 times a second, and decodes only the handful of entries shown.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import collections
 import fnmatch
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -24,7 +30,7 @@ import orjson
 from ..codec import decode
 from ..consumer import Subscription
 from ..errors import DecodeError
-from ..ids import Position, parse_start
+from ..ids import MAX_SEQ, Position, parse_id, parse_start
 from ..message import Envelope
 from ._refresh import (
     Ticker,
@@ -48,24 +54,39 @@ logger = logging.getLogger("echo_lab")
 
 _READ_BATCH = 512
 _SPARK_POINTS = 60
+#: Newest entries fetched at a time: shown (the chosen topic) and used to size new messages.
+_SAMPLE = 16
+#: Seconds between size samples of a busy topic that is not shown.
+_SAMPLE_EVERY = 1.0
 
 
 @dataclass
 class TopicStats:
-    """Counters of one topic, bumped by the monitor's reader (read them any time)."""
+    """Counters of one topic, updated by the monitor's poll (read them any time)."""
 
     topic: str
-    messages: int = 0  #: messages seen since the monitor started
-    bytes: int = 0  #: bytes of their stored field values (estimated for big read batches)
-    last_seen: float | None = None  #: wall-clock time (epoch s) the newest one was read
+    messages: int = 0  #: messages appended since the monitor started (see ``start``)
+    #: bytes of their stored field values: estimated, as their count times the mean size of
+    #: the topic's newest entries (sampled at most every second); exact per entry read on the
+    #: cursor fallback, for batches of up to 64 entries
+    bytes: int = 0
+    last_seen: float | None = None  #: wall-clock time (epoch s) new messages were last seen
     last_id: str | None = None  #: id of the newest one
-    newest: list[RawEntry] = field(default_factory=list)  #: the newest raw entries
+    newest: list[RawEntry] = field(default_factory=list)  #: the newest raw entries, newest first
+    #: the topic's ``added`` counter at the last poll; ``None``: counted by a cursor instead
+    added: int | None = None
     samples: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=1024)
     )
     spark: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=_SPARK_POINTS)
     )
+    newest_of: str | None = None  #: ``last_id`` when ``newest`` was fetched
+    sampled_at: float = -math.inf  #: monotonic time ``newest`` was fetched
+    mean_size: float | None = None  #: mean bytes of the entries in ``newest``
+    fresh: int = 0  #: new messages seen by a poll, not yet added to ``messages``
+    fresh_at: float | None = None  #: when they were seen (epoch s)
+    unsized: int = 0  #: messages not yet added to ``bytes`` (no size sample yet)
 
     def rate(self, window: float, now: float) -> float:
         """Messages per second over the last ``window`` seconds (from the samples)."""
@@ -84,15 +105,32 @@ class TopicStats:
 _EXACT = 64  #: read batches up to this size are sized exactly; larger ones from a sample
 
 
+def _entry_size(entry: RawEntry) -> int:
+    return sum([len(v) for v in entry[1].values()])
+
+
 def _size(batch: Sequence[RawEntry]) -> int:
     """Bytes of the field values of a read batch: exact up to 64 entries, else estimated from
-    64 evenly spaced entries (keeps the monitor's cost flat under heavy load)."""
+    64 evenly spaced entries (keeps the cursor fallback's cost flat under heavy load)."""
     n = len(batch)
     if n <= _EXACT:
-        return sum([len(v) for entry in batch for v in entry[1].values()])
+        return sum([_entry_size(entry) for entry in batch])
     step = n / _EXACT
     sample = [batch[int(i * step)] for i in range(_EXACT)]
-    return round(sum([len(v) for entry in sample for v in entry[1].values()]) * n / _EXACT)
+    return round(sum([_entry_size(entry) for entry in sample]) * n / _EXACT)
+
+
+def _after(key: tuple[int, int]) -> str:
+    """The smallest id greater than ``key`` (an inclusive range start)."""
+    ms, seq = key
+    return f"{ms}-{seq + 1}" if seq < MAX_SEQ else f"{ms + 1}-0"
+
+
+def _id_time(id_: str | None, now: float) -> float | None:
+    """The wall-clock time of an id (at most ``now``: the store's clock may run ahead)."""
+    if id_ is None:
+        return None
+    return min(parse_id(id_)[0] / 1000, now)
 
 
 class Monitor(widgets.VBox):
@@ -103,11 +141,17 @@ class Monitor(widgets.VBox):
     topics appear by themselves (polled every ``discover`` seconds). Pause freezes the view
     (counting goes on); the form publishes a JSON body to a topic.
 
+    The counts come from the backend's per-topic ``added`` counter, polled every
+    ``interval`` seconds, so they include messages trimmed by retention before anyone read
+    them; bytes are estimated from the mean size of each topic's newest entries. On a store
+    without that counter (Redis < 7) a topic is counted by reading its entries instead.
+
     Args:
         stream: the stream to watch.
-        start: where existing topics are counted from: ``"$"`` (new messages, default) or
-            ``"0"`` (everything retained). Topics created later are counted from their start.
-        interval: seconds between redraws (at least 0.1: at most 10 redraws a second).
+        start: where existing topics are counted from: ``"$"`` (new messages, default),
+            ``"0"`` (everything retained), or an id or a ``datetime`` (what is retained after
+            it). Topics created later are counted from their first message.
+        interval: seconds between polls and redraws (at least 0.1: at most 10 a second).
         rate_window: seconds of the sliding window of the rate.
         discover: seconds between looks for new topics.
         newest: how many of the chosen topic's newest messages are shown.
@@ -139,7 +183,6 @@ class Monitor(widgets.VBox):
         self._spark_at = 0.0
         self._drawing: int | None = None  # the thread drawing now
         self._auto_topic = True
-
         self.title = widgets.HTML(
             f'<span class="echo-title">echo_lab monitor</span> '
             f'<span class="echo-sub">{esc(stream.backend.url)}</span>'
@@ -216,23 +259,62 @@ class Monitor(widgets.VBox):
         self.ticker = Ticker(stream.runtime, self._tick, interval)
         self.ticker.start()
 
-    # -- background: readers and discovery (runtime loop) ----------------------------------
+    # -- background: polling, fallback readers and discovery (runtime loop) --------------
     async def _astart(self) -> None:
-        for topic in await self.stream.backend.topics():
-            if self._wanted(topic):
-                await self._watch(topic, self.start)
+        names = [topic for topic in await self.stream.backend.topics() if self._wanted(topic)]
+        await self._watch(names, self.start)
         self._tasks["<discover>"] = asyncio.create_task(self._discover_loop())
 
     def _wanted(self, topic: str) -> bool:
         return self.pattern is None or fnmatch.fnmatchcase(topic, self.pattern)
 
-    async def _watch(self, topic: str, start: Position) -> None:
-        cursor = await self.stream.backend.cursor(topic, start)
-        self.stats[topic] = TopicStats(topic)
-        self._tasks[topic] = asyncio.create_task(self._read(cursor, self.stats[topic]))
+    async def _watch(self, names: list[str], start: Position | None) -> None:
+        """Start counting ``names`` from ``start`` (``None``: a topic new since the monitor
+        started, counted from its first message, trimmed ones included)."""
+        if not names:
+            return
+        backend = self.stream.backend
+        infos = await backend.infos(names)
+        after = None if start is None else parse_start(start)
+        now = time.time()
+        for name, info in zip(names, infos, strict=True):
+            if name in self.stats:
+                continue
+            st = TopicStats(name, last_id=info["last_id"])
+            st.samples.append((time.monotonic(), 0))  # the rate's baseline
+            added = info.get("added")
+            if added is None:  # no counter in this store: count by reading
+                self.stats[name] = st
+                await self._read_from(st, "0" if start is None else start)
+                continue
+            if start is None:
+                count = added
+            elif after is None:  # "$"
+                count = 0
+            elif after == (0, 0):  # "0": what is retained
+                count = info["length"]
+            else:  # what is retained after an id or a time: counted once, here
+                count = len(await backend.range(name, _after(after), "+"))
+            st.added = added
+            if count:
+                st.fresh, st.fresh_at = count, _id_time(info["last_id"], now)
+                if start is not None:  # a backlog, not traffic: no burst in the rate
+                    st.samples[0] = (st.samples[0][0], count)
+                await self._fetch_newest(st)  # to size them
+            self._apply(st)
+            self.stats[name] = st
+
+    async def _read_from(self, st: TopicStats, start: Position) -> None:
+        """Count ``st``'s topic by reading it with a raw cursor (the store has no counter)."""
+        cursor = await self.stream.backend.cursor(st.topic, start)  # "$" resolved now
+        if st.topic in self._tasks:  # a concurrent poll started one meanwhile
+            await cursor.close()
+            return
+        st.added = None
+        self._tasks[st.topic] = asyncio.create_task(self._read(cursor, st))
 
     async def _read(self, cursor: Cursor, st: TopicStats) -> None:
-        keep, delay = self.keep, 0.1
+        delay = 0.1
         try:
             while not self._stopping:
                 try:
@@ -253,12 +335,68 @@ class Monitor(widgets.VBox):
                 st.bytes += _size(batch)
                 st.last_seen = time.time()
                 st.last_id = batch[-1][0]
-                if len(batch) >= keep:
-                    st.newest = list(batch[-keep:])
-                else:
-                    st.newest = (st.newest + list(batch))[-keep:]
         finally:
             await cursor.close()
+
+    async def _poll(self) -> None:
+        """Read every counted topic's ``info`` (one round trip) and bump its counters; fetch
+        the newest entries of the topic shown when it changed, and size samples."""
+        names = [name for name, st in self.stats.items() if st.added is not None]
+        if names:
+            infos = await self.stream.backend.infos(names)
+            now = time.time()
+            for name, info in zip(names, infos, strict=True):
+                st = self.stats.get(name)
+                if st is None or st.added is None:  # dropped, or a reader counts it now
+                    continue
+                added = info.get("added")
+                if added is None:  # the store lost its counter (an older Redis took over)
+                    await self._read_from(st, st.last_id or "0")
+                    continue
+                # fewer than before: the topic was deleted and created again meanwhile
+                new = added - st.added if added >= st.added else added
+                st.added = added
+                if info["last_id"] is not None:
+                    st.last_id = info["last_id"]
+                if new > 0:
+                    st.fresh += new
+                    st.fresh_at = now
+        chosen = self.topic.value
+        mono = time.monotonic()
+        for name, st in list(self.stats.items()):
+            if st.newest_of != st.last_id and (
+                name == chosen
+                or ((st.fresh or st.unsized) and mono - st.sampled_at >= _SAMPLE_EVERY)
+            ):
+                await self._fetch_newest(st)
+        for st in list(self.stats.values()):
+            self._apply(st)
+
+    @staticmethod
+    def _apply(st: TopicStats) -> None:
+        """Make a poll's new messages visible, with their bytes (no await: both at once)."""
+        if st.fresh:
+            st.messages += st.fresh
+            st.unsized += st.fresh
+            st.last_seen = st.fresh_at
+            st.fresh = 0
+        if st.unsized and st.mean_size is not None:
+            st.bytes += round(st.unsized * st.mean_size)
+            st.unsized = 0
+
+    async def _fetch_newest(self, st: TopicStats) -> None:
+        """Fetch the topic's newest few entries (shown, and a size sample)."""
+        last_id = st.last_id
+        try:
+            entries = await self.stream.backend.range(
+                st.topic, count=max(self.keep, _SAMPLE), reverse=True
+            )
+        except Exception as exc:
+            logger.debug("monitor: reading the newest of %s failed: %s", st.topic, exc)
+            return
+        st.newest, st.newest_of, st.sampled_at = entries, last_id, time.monotonic()
+        if entries:
+            st.mean_size = sum([_entry_size(e) for e in entries]) / len(entries)
 
     async def _discover_loop(self) -> None:
         while not self._stopping:
@@ -267,9 +405,8 @@ class Monitor(widgets.VBox):
                 return
             try:
                 names = await self.stream.backend.topics()
-                for topic in names:
-                    if topic not in self.stats and self._wanted(topic):
-                        await self._watch(topic, "0")  # new since we started: count it all
+                new = [t for t in names if t not in self.stats and self._wanted(t)]
+                await self._watch(new, None)  # new since we started: count it all
             except Exception as exc:
                 logger.debug("monitor: listing topics failed: %s", exc)
                 continue
@@ -319,8 +456,12 @@ class Monitor(widgets.VBox):
         st = self.stats.get(name) if name else None
         if st is None:
             return []
+        runtime = self.stream.runtime
+        stale = st.newest_of != st.last_id
+        if stale and not (runtime.in_loop_thread() or self._stopping or self.stream._closed):
+            runtime.run(self._fetch_newest(st))  # asked from a cell: fetch them now
         out = []
-        for id_, fields in reversed(st.newest):
+        for id_, fields in st.newest[: self.keep]:
             try:
                 out.append(decode(name, id_, fields))
             except DecodeError:
@@ -344,11 +485,15 @@ class Monitor(widgets.VBox):
         if not change["new"]:
             self._redraw()
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         if self.stream._closed:
             self._stopping = True
             self.ticker.stop()
             return
+        try:
+            await self._poll()
+        except Exception as exc:  # connection lost …: the next tick polls again
+            logger.debug("monitor: polling failed: %s", exc)
         now = time.monotonic()
         for st in list(self.stats.values()):
             st.samples.append((now, st.messages))
@@ -492,7 +637,7 @@ class Monitor(widgets.VBox):
 
     def refresh(self) -> None:
         """Take a sample and redraw now (the timer does this by itself)."""
-        self.stream.runtime.run(_call(self._tick))
+        self.stream.runtime.run(self._tick())
 
     # -- publish form -------------------------------------------------------------------------
     def publish_form(self) -> str | None:
@@ -520,7 +665,7 @@ class Monitor(widgets.VBox):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop the readers and the timer (the widget stays, frozen)."""
+        """Stop polling, the readers and the timer (the widget stays, frozen)."""
         if self._stopping:
             return
         self._stopping = True
@@ -538,10 +683,6 @@ class Monitor(widgets.VBox):
         """Stop and close the widget."""
         self.stop()
         super().close()
-
-
-async def _call(fn: Any) -> None:
-    fn()
 
 
 def _as_dict(data: Any) -> dict[str, Any]:
