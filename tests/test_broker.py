@@ -188,6 +188,35 @@ def test_credit_bounds_what_the_broker_pushes(broker_factory) -> None:
         assert got == list(range(50))
 
 
+def test_entries_appended_beside_the_broker_reach_its_subscribers_in_log_order(
+    broker_factory, memory_url: str
+) -> None:
+    """A memory-backed broker's subscriptions are woken by its own publishes and by appends
+    from other threads of its process (the store is shared), interleaved, within credit."""
+    handle = broker_factory()
+    n = 1500
+    with (
+        el.connect(memory_url) as local,  # the broker's store, appended to from this thread
+        el.connect(handle.url) as remote,  # through the broker
+        el.connect(handle.url, credit=16) as reader,
+    ):
+        got: list[str] = []
+        sub = reader.on("t", lambda e: got.append(e.id))
+
+        def through_the_broker() -> None:
+            for i in range(0, n, 3):
+                remote.publish_many("t", [{"by": "ws", "i": k} for k in range(i, i + 3)])
+
+        thread = threading.Thread(target=through_the_broker)
+        thread.start()
+        for i in range(n):
+            local.publish("t", {"by": "local", "i": i})
+        thread.join()
+        assert wait_until(lambda: len(got) >= 2 * n, timeout=30)
+        assert got == [e.id for e in local.history("t")]  # each once, in the log's order
+        sub.stop()
+
+
 def test_a_client_that_stops_reading_is_disconnected_and_others_are_served(
     broker_factory,
 ) -> None:
