@@ -115,6 +115,7 @@ class WebSocketBackend(Backend):
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._url = f"{self._scheme}://{host}:{self._port}{self._path}"
         self._ws: ClientConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the connection's, once open
         self._reader: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -220,6 +221,7 @@ class WebSocketBackend(Backend):
         if isinstance(limits.get("max_frame"), int):
             self._max_frame_out = max(limits["max_frame"] - 4096, 1024)
         self._ws = ws
+        self._loop = ws.loop
         ws.on_frame = self._on_frame  # type: ignore[attr-defined]
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(ws))
         if self._connected_once:
@@ -345,7 +347,7 @@ class WebSocketBackend(Backend):
                 data = dumps(frame)
             else:
                 data = b'%s,"rid":%d}' % (body[:-1], rid)
-            fut = asyncio.get_running_loop().create_future()
+            fut = ws.loop.create_future()  # (get_running_loop() is a getpid() call on 3.11)
             self._pending[rid] = fut
             if send_now(ws, data):  # nothing queued before it: written in this call
                 return fut
@@ -605,7 +607,8 @@ class _WSCursor(Cursor):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            loop = self._backend._loop or asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
             try:
                 if remaining is None:
                     await waiter

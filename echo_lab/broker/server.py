@@ -685,7 +685,7 @@ class _Conn:
             for sub in tuple(subs):
                 sub.kick()
             if frame["rid"] is not None:
-                asyncio.get_running_loop().call_soon(self._ack, frame["rid"], ids)
+                self.ws.loop.call_soon(self._ack, frame["rid"], ids)
                 return _NO_REPLY
         return ids
 
