@@ -13,7 +13,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from echo_lab.broker import BrokerHandle, FrameError, parse_frame, serve
-from echo_lab.broker.protocol import ERROR_CODES, OPS, _check_fields, _plain_publish
+from echo_lab.broker.protocol import (
+    ERROR_CODES,
+    OPS,
+    _check_fields,
+    _plain_publish,
+    plain_publish,
+)
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
@@ -93,6 +99,22 @@ def test_the_quick_publish_check_agrees_with_the_full_one(frame: dict) -> None:
         assert json.dumps(quick, sort_keys=True) == json.dumps(full, sort_keys=True)
     else:
         assert json.dumps(quick) == json.dumps(frame)  # untouched, for the full check
+
+
+@settings(max_examples=500, deadline=None)
+@given(publishes.map(lambda f: json.dumps(f, separators=(",", ":"))) | frames)
+def test_the_shortcut_for_publish_frames_agrees_with_the_parser(data: str | bytes) -> None:
+    """The broker tries ``plain_publish`` on a text frame's bytes before the parser."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # not a text frame (websockets closes with 1007)
+            return
+    else:
+        text = data
+    quick = plain_publish(text.encode(errors="surrogatepass"))
+    if quick is not None:  # a shortcut taken gives the parser's own result
+        assert json.dumps(quick, sort_keys=True) == json.dumps(parse_frame(text), sort_keys=True)
 
 
 @pytest.fixture(scope="module")

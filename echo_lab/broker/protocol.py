@@ -28,6 +28,7 @@ __all__ = [
     "fields_from_wire",
     "parse_frame",
     "parse_position",
+    "plain_publish",
 ]
 
 PROTOCOL_VERSION = 1
@@ -331,6 +332,35 @@ def _plain_publish(frame: dict[str, Any]) -> bool:
     frame["data"] = frame["type"] = frame["headers"] = None
     frame["fields"], frame["entries"], frame["maxlen"] = fields, entries, maxlen
     return True
+
+
+_PUBLISH_PREFIX = b'{"op":"publish"'
+
+
+def plain_publish(data: bytes) -> dict[str, Any] | None:
+    """The common case first: ``data`` (a text frame's UTF-8) parsed as :func:`parse_frame`
+    would, if it is a publish frame that :func:`_plain_publish` accepts and that starts the way
+    compact JSON writers start it (``{"op":"publish"``); ``None`` for anything else (then use
+    :func:`parse_frame`, which also names any problem)."""
+    if not data.startswith(_PUBLISH_PREFIX):
+        return None
+    try:
+        frame = orjson.loads(data)  # invalid UTF-8 is a JSONDecodeError too
+    except orjson.JSONDecodeError:
+        return None
+    rid = frame.get("rid")
+    if (
+        frame.get("op") != "publish"  # {"op":"publishX"…}, or a later duplicate "op"
+        or not (
+            rid is None
+            or (type(rid) is int and -(2**53) <= rid <= 2**53)
+            or (type(rid) is str and len(rid) <= 128)
+        )
+        or not _plain_publish(frame)
+    ):
+        return None
+    frame["rid"] = rid
+    return frame
 
 
 def parse_frame(data: str | bytes) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from ..backends.frames import send_now
 from ..backends.memory import MemoryBackend
 from ..codec import to_json
 from ..errors import GroupError
-from .protocol import PROTOCOL_VERSION, FrameError, dumps, parse_frame
+from .protocol import PROTOCOL_VERSION, FrameError, dumps, parse_frame, plain_publish
 
 __all__ = ["Broker", "BrokerHandle", "add_arguments", "main", "run_from_args", "serve"]
 
@@ -502,6 +502,12 @@ class _Conn:
         ):
             return False
         if event.opcode is Opcode.TEXT:
+            if self.lane.empty() and not self.lane_busy:
+                frame = plain_publish(event.data)
+                if frame is not None:  # the common case, without the general routing
+                    self.broker.stats["frames_in"] += 1
+                    self._dispatch_now(_Conn.op_publish, frame)
+                    return True
             try:
                 data: str | bytes = event.data.decode()
             except UnicodeDecodeError:
@@ -569,16 +575,19 @@ class _Conn:
         if inline is not None and type(sub) in (int, str) and sub in self.subs:
             await self._dispatch(inline, frame)
         elif self.lane.empty() and not self.lane_busy:
-            # Nothing queued: run it now, and hand it to the lane only if it has to wait
-            # (say, a full memory log), so that reading goes on and order is kept.
-            coro = self._dispatch(inline or _LANE[op], frame)
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration:
-                return
-            self.lane.put_nowait(_Resume(coro, waiting_on))  # type: ignore[arg-type]
+            self._dispatch_now(inline or _LANE[op], frame)
         else:  # publishes and requests run in order on the lane (so do ops racing them)
             await self.lane.put(frame)
+
+    def _dispatch_now(self, handler: Any, frame: dict[str, Any]) -> None:
+        """Nothing queued: run the request now, and hand it to the lane only if it has to wait
+        (say, a full memory log), so that reading goes on and order is kept."""
+        coro = self._dispatch(handler, frame)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        self.lane.put_nowait(_Resume(coro, waiting_on))  # type: ignore[arg-type]
 
     async def _bad(self, exc: FrameError) -> None:
         self.broker.stats["bad_frames"] += 1
