@@ -3,8 +3,9 @@
 The broker adds no storage semantics of its own: ids, retention, groups, claims and
 acknowledgements are the backend's (memory, or Redis for several brokers on one set of
 topics). Per connection it runs one reader loop, one request lane (publishes and requests,
-in order) and one task per subscription; deliveries are batched into one frame per backend
-read. Limits: token auth, a maximum frame size, error frames for bad frames (too many close
+in order) and one task per subscription (none for a fan-out subscription on in-process
+storage: the publish that feeds it delivers); deliveries are batched into one frame per
+backend read. Limits: token auth, a maximum frame size, error frames for bad frames (too many close
 the connection), a bounded send queue (a client that stops reading is disconnected), and a
 maximum number of subscriptions per connection.
 """
