@@ -481,6 +481,8 @@ class _MemoryCursor(Cursor):
         return list(zip(ids, fields, strict=True))
 
     async def read(self, count: int, timeout: float | None) -> list[RawEntry]:
+        # With timeout=None this awaits only plain futures (no asyncio.timeout, no current
+        # task needed): the broker drives such reads without a task (broker/server.py _Sub).
         batch = self._take(count)
         if batch or self._closed or timeout == 0:
             return batch
