@@ -199,7 +199,8 @@ def test_live_plot_one_line_per_key(stream: el.Stream, topic: str) -> None:
         assert sorted(line.labels[0] for line in plot.figure.marks) == ["s0", "s1", "s2"]
         line = plot.lines["s2"]
         assert list(line.y) == [20 + i for i in range(2, 30, 3)]
-        assert plot.skipped == 1
+        # the non-numeric row came after the 30: it may land in a later redraw
+        assert wait_until(lambda: plot.skipped == 1, 10)
         assert '<b class="echo-plot-lines">3</b>' in plot.status.value
         assert plot.legend.value.count("echo-legend-item") == 3  # with each line's last value
         assert "s2 <b>49</b>" in plot.legend.value
