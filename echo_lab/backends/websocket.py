@@ -532,7 +532,26 @@ def _position(start: Position) -> str:
     return start.isoformat() if isinstance(start, datetime) else start
 
 
-class _WSCursor(Cursor):
+class _BrokerSub:
+    """What both cursor kinds share: a subscription on the broker, numbered ``sub``."""
+
+    _backend: WebSocketBackend
+    sub: int
+    _closed: bool
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        if self._backend._subs.pop(self.sub, None) is not None:
+            await self._backend._send({"op": "unsubscribe", "sub": self.sub})
+
+
+class _WSCursor(_BrokerSub, Cursor):
     """A fan-out cursor: the broker pushes batches within a credit window."""
 
     def __init__(self, backend: WebSocketBackend, topic: str, start: Position, sub: int) -> None:
@@ -625,19 +644,9 @@ class _WSCursor(Cursor):
             await self._backend._send({"op": "credit", "sub": self.sub, "n": grant})
         return out
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._wake()
-        if self._backend._subs.pop(self.sub, None) is not None:
-            await self._backend._send({"op": "unsubscribe", "sub": self.sub})
 
-
-class _WSGroupCursor(GroupCursor):
+class _WSGroupCursor(_BrokerSub, GroupCursor):
     """A group member: each read pulls at most ``count`` entries from the broker."""
-
-    sub: int
 
     def __init__(
         self,
@@ -715,11 +724,3 @@ class _WSGroupCursor(GroupCursor):
     async def ack(self, ids: Sequence[str]) -> None:
         if ids:
             await self._backend._send({"op": "ack", "sub": self.sub, "ids": list(ids)})
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._wake()
-        if self._backend._subs.pop(self.sub, None) is not None:
-            await self._backend._send({"op": "unsubscribe", "sub": self.sub})
