@@ -237,9 +237,15 @@ class Stream:
         In a group, a message is acknowledged when the loop body that received it returns.
         """
         batches = self._batches(topic, start, group, consumer, claim_idle, timeout)
+        hop = self.runtime.hop
         try:
             async for batch in batches:
-                for env in batch:
+                for entry in batch:  # decoded one by one: a decoded batch would churn the GC
+                    try:
+                        env = decode(topic, entry[0], entry[1])
+                    except DecodeError as exc:
+                        await hop(self._dead_letter(topic, entry, exc))
+                        continue
                     yield env
         finally:
             await batches.aclose()
@@ -258,11 +264,14 @@ class Stream:
         batches = self._batches(topic, start, group, consumer, claim_idle, timeout)
         run = self.runtime.run
         try:
-            while True:
-                batch = run(_next_or_none(batches))
-                if batch is None:
-                    return
-                yield from batch
+            while (batch := run(_next_or_none(batches))) is not None:
+                for entry in batch:
+                    try:
+                        env = decode(topic, entry[0], entry[1])
+                    except DecodeError as exc:
+                        run(self._dead_letter(topic, entry, exc))
+                        continue
+                    yield env
         finally:
             run(batches.aclose())
 
@@ -283,7 +292,10 @@ class Stream:
         batches = self._batches(topic, start, group, consumer, claim_idle, timeout, n, deadline)
         try:
             async for batch in batches:
-                out += batch
+                decoded, bad = decode_many(topic, batch)
+                for id_, fields, error in bad:
+                    await self._dead_letter(topic, (id_, fields), error)
+                out += decoded
                 if len(out) >= n:
                     break
         finally:
@@ -303,10 +315,11 @@ class Stream:
         timeout: float | None,
         limit: int | None = None,
         deadline: float | None = None,
-    ) -> AsyncIterator[list[Envelope]]:
-        """Decoded batches of ``topic``; reads hop to the runtime loop. With a group, a batch
-        is acknowledged when the next one is asked for (its messages were processed).
-        ``timeout`` is the idle time that ends it; ``deadline`` (monotonic) an overall end."""
+    ) -> AsyncIterator[list[Sequence[Any]]]:
+        """Raw batches of ``topic`` (``(id, fields, ...)`` entries); reads hop to the runtime
+        loop. With a group, a batch is acknowledged when the next one is asked for (its
+        messages were processed). ``timeout`` is the idle time that ends it; ``deadline``
+        (monotonic) an overall end."""
         hop = self.runtime.hop
         parse_start(start)
         if group is None:
@@ -328,22 +341,22 @@ class Stream:
                 if unacked:
                     await hop(cursor.ack(unacked))
                     unacked = []
-                raw = await hop(cursor.read(count, wait))
-                if not raw:
+                batch = await hop(cursor.read(count, wait))
+                if not batch:
                     return
-                batch, bad = decode_many(topic, raw)
-                if bad:
-                    dead = [dead_letter_fields(f, error, i, 1) for i, f, error in bad]
-                    await hop(self.backend.append(f"{topic}.dead", dead, self.maxlen))
                 if group is not None:
-                    unacked = [item[0] for item in raw]
+                    unacked = [item[0] for item in batch]
                 got += len(batch)
-                if batch:
-                    yield batch
+                yield batch
         finally:
             if unacked:
                 await hop(cursor.ack(unacked))
             await hop(cursor.close())
+
+    async def _dead_letter(self, topic: str, entry: Sequence[Any], error: object) -> None:
+        """Copy an undecodable entry raw to ``"<topic>.dead"`` with the error."""
+        letter = dead_letter_fields(entry[1], str(error), entry[0], 1)
+        await self.backend.append(f"{topic}.dead", [letter], self.maxlen)
 
     # -- history and introspection ----------------------------------------------------------
     async def _history(

@@ -219,15 +219,19 @@ class MemoryBackend(Backend):
         ids: list[str] = []
         while True:
             with store.lock:
+                woke = topic in store.waiters
                 added = store.append_now(topic, entries[len(ids) :], maxlen)
                 ids += added
                 if len(ids) == len(entries):
-                    return ids
+                    break
                 if added:  # progress (a batch longer than maxlen): try again at once
                     continue
                 fut = asyncio.get_running_loop().create_future()
                 store.space_waiters.setdefault(topic, []).append(fut)
             await fut
+        if woke and len(entries) > 1:  # a batch: let the readers it woke take it while hot
+            await asyncio.sleep(0)
+        return ids
 
     def append_sync(self, topic: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
         """Append from a thread other than the runtime loop's, waiting for room if full."""

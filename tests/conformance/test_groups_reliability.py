@@ -145,6 +145,27 @@ def test_undecodable_entry_is_skipped_counted_and_dead_lettered(stream, topic, g
     sub.stop()
 
 
+@pytest.mark.parametrize("reader", ["take", "iter", "subscribe"])
+def test_iterators_skip_and_dead_letter_an_undecodable_entry(stream, topic, reader):
+    stream.publish(topic, {"n": 1})
+    stream.runtime.run(stream.backend.append(topic, [{"data": b"{not json"}], 100))
+    stream.publish(topic, {"n": 2})
+    if reader == "take":
+        got = stream.take(topic, 2, timeout=5, start="0")
+    elif reader == "iter":
+        got = list(stream.iter(topic, start="0", timeout=0.5))
+    else:
+
+        async def collect() -> list[el.Envelope]:
+            return [env async for env in stream.subscribe(topic, start="0", timeout=0.5)]
+
+        got = stream.runtime.run(collect())
+    assert [env.data["n"] for env in got] == [1, 2]
+    (dead,) = stream.take(f"{topic}.dead", 1, timeout=5, start="0")
+    assert dead.data["data"] == "{not json"
+    assert dead.data["dead.error"].startswith("undecodable entry")
+
+
 def test_entries_written_by_other_programs_decode_to_dicts(stream, topic):
     stream.runtime.run(stream.backend.append(topic, [{"a": b"1", "b": b"x"}], 100))
     (env,) = stream.take(topic, 1, timeout=5, start="0")
