@@ -12,7 +12,7 @@ import orjson
 
 import echo_lab as el
 
-from .common import Counter, Row, best_rate
+from .common import Counter, Row, best_rates
 
 N = 200_000
 N_SYNC = 50_000
@@ -116,13 +116,15 @@ def run() -> list[Row]:
     """Measure the memory paths and their raw equivalents."""
     stream = el.connect("memory://bench")
     rt = stream.runtime
-    raw_1 = best_rate(lambda: rt.run(_raw_queue_1_to_1(N)))
-    ours_1 = best_rate(lambda: rt.run(_ours_batch(stream, N)))
-    raw_4 = best_rate(lambda: rt.run(_raw_queue_fan_out(N // 4)))
-    ours_4 = best_rate(lambda: rt.run(_ours_batch(stream, N // 4, 4)))
-    ours_sync = best_rate(lambda: _ours_sync_publish(stream, N_SYNC))
-    json_1 = best_rate(lambda: rt.run(_raw_queue_json(N)))
-    json_4 = best_rate(lambda: rt.run(_raw_queue_json(N // 4, 4)))
+    raw_1, ours_1, raw_4, ours_4, ours_sync, json_1, json_4 = best_rates(
+        lambda: rt.run(_raw_queue_1_to_1(N)),
+        lambda: rt.run(_ours_batch(stream, N)),
+        lambda: rt.run(_raw_queue_fan_out(N // 4)),
+        lambda: rt.run(_ours_batch(stream, N // 4, 4)),
+        lambda: _ours_sync_publish(stream, N_SYNC),
+        lambda: rt.run(_raw_queue_json(N)),
+        lambda: rt.run(_raw_queue_json(N // 4, 4)),
+    )
     stream.close()
     return [
         Row("memory", "publish_many -> 1 async subscriber vs Queue 1->1", ours_1, raw_1, bar=0.5),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Counter", "Row", "best_rate", "print_table"]
+__all__ = ["Counter", "Row", "best_rates", "print_table"]
 
 
 class Counter:
@@ -48,13 +48,15 @@ class Row:
         return self.ours / self.raw if self.raw else 0.0
 
 
-def best_rate(fn: Callable[[], int], repeats: int = 3) -> float:
-    """Run ``fn`` (returns how many messages it moved) ``repeats`` times; best msg/s."""
-    best = 0.0
+def best_rates(*fns: Callable[[], int], repeats: int = 5) -> list[float]:
+    """Run each ``fn`` (returns how many messages it moved) ``repeats`` times, taking turns,
+    so that a slow spell of a noisy machine hits every path alike; best msg/s of each."""
+    best = [0.0] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        best = max(best, n / (time.perf_counter() - t0))
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            n = fn()
+            best[i] = max(best[i], n / (time.perf_counter() - t0))
     return best
 
 
