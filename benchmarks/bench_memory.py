@@ -138,4 +138,7 @@ def run() -> list[Row]:
         ),
         Row("memory", "publish_many -> 1 vs Queue of JSON 1->1 (context)", ours_1, json_1),
         Row("memory", "publish_many -> 4 vs 4 Queues of JSON (context)", ours_4, json_4),
+        # what isolating consumers by JSON costs by itself, with no log, ids or envelopes:
+        Row("memory", "Queue of JSON 1->1 vs Queue 1->1 (context: JSON alone)", json_1, raw_1),
+        Row("memory", "4 Queues of JSON vs 4 Queues (context: JSON alone)", json_4, raw_4),
     ]

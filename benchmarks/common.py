@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -74,5 +75,5 @@ def print_table(rows: list[Row]) -> None:
         bar = "" if r.bar is None else f">= {r.bar:g} {'ok' if r.ratio >= r.bar else 'MISSED'}"
         print(
             f"| {r.group} | {r.path} | {_fmt(r.ours, r.unit)} | {_fmt(r.raw, r.unit)} "
-            f"| {r.unit} | {r.ratio:.2f} | {bar} |"
+            f"| {r.unit} | {math.floor(r.ratio * 100) / 100:.2f} | {bar} |"  # 0.499 is not 0.50
         )
