@@ -20,7 +20,8 @@ from .stream import DEFAULT_MAXLEN, Producer, Stream
 if TYPE_CHECKING:
     from . import sensors
     from .broker import BrokerHandle
-    from .capture import Capture, load
+    from .capture import Capture
+    from .files import load
 
 __all__ = [
     "Backend",
@@ -98,7 +99,7 @@ def __getattr__(name: str) -> Any:
 
         return Capture
     if name == "load":  # the analysis layer imports pandas: only when first used
-        from .capture import load
+        from .files import load
 
         return load
     if name == "sensors":

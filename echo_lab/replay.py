@@ -32,7 +32,8 @@ _BATCH = 1000
 def _frame_of(source: Any) -> pd.DataFrame:
     import pandas as pd
 
-    from .capture import Capture, load
+    from .capture import Capture
+    from .files import load
 
     if isinstance(source, Capture):
         return source.frame()

@@ -434,7 +434,7 @@ class Stream:
         self, topic: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> pd.DataFrame:
         """The retained history of ``topic`` as a pandas DataFrame."""
-        from .capture import frame_of
+        from .frames import frame_of
 
         return frame_of(self.history(topic, start, end, count))
 

@@ -14,7 +14,8 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 import echo_lab as el
-from echo_lab.capture import groups_frame, pending_frame, save_frame
+from echo_lab.files import save_frame
+from echo_lab.frames import groups_frame, pending_frame
 from tests.helpers import wait_until
 
 
@@ -275,7 +276,7 @@ def test_import_echo_lab_stays_light() -> None:
         "import sys, echo_lab as el\n"
         "assert callable(el.replay) and el.Replay\n"
         "assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules\n"
-        "assert el.load.__module__ == 'echo_lab.capture' and el.sensors.simulate\n"
+        "assert el.load.__module__ == 'echo_lab.files' and el.sensors.simulate\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
