@@ -185,21 +185,16 @@ class Subscription:
         the subscription's worker thread (see :func:`_drive`) and a slow or blocking handler
         never stalls the runtime loop.
         """
-        stats, handler, is_async, limit = (
-            self.stats,
-            self.handler,
-            self._is_async,
-            self.max_deliveries,
-        )
+        stats, handler, is_async = self.stats, self.handler, self._is_async
         done: list[str] = []
         dead: list[tuple[str, Fields, str, int]] = []
+        stats.received += len(batch)
+        stats.last_id = batch[-1][0]
         for entry in batch:
             if self._stopping:  # stopped mid-batch: the rest stays unhandled (and unacked)
                 break
             id_, fields = entry[0], entry[1]
             deliveries = entry[2] if grouped else 1
-            stats.received += 1
-            stats.last_id = id_
             try:
                 env = decode(topic, id_, fields)
             except DecodeError as exc:
@@ -209,29 +204,55 @@ class Subscription:
                 dead.append((id_, fields, str(exc), deliveries))
                 done.append(id_)
                 continue
-            if deliveries > limit:  # its consumers kept dying on it
-                dead.append(
-                    (id_, fields, f"delivered {deliveries} times, never acknowledged", deliveries)
-                )
+            if deliveries > self.max_deliveries:  # its consumers kept dying on it
+                error = f"delivered {deliveries} times, never acknowledged"
+                dead.append((id_, fields, error, deliveries))
                 done.append(id_)
                 continue
-            # fan-out retries at once; a group leaves the entry pending, to be re-delivered
-            for attempt in range(deliveries, limit + 1 if not grouped else deliveries + 1):
-                try:
-                    if is_async:
-                        await handler(env)  # type: ignore[misc]
-                    else:
-                        handler(env)
-                except Exception as exc:
-                    self._failed(env, exc, attempt)
-                    if attempt >= limit:
-                        dead.append((id_, fields, repr(exc), attempt))
-                        done.append(id_)
+            try:
+                if is_async:
+                    await handler(env)  # type: ignore[misc]
                 else:
-                    stats.handled += 1
+                    handler(env)
+            except Exception as exc:
+                if await self._retry(env, exc, deliveries, grouped, dead, fields):
                     done.append(id_)
-                    break
+            else:
+                stats.handled += 1
+                done.append(id_)
         return done, dead
+
+    async def _retry(
+        self,
+        env: Envelope,
+        exc: Exception,
+        attempt: int,
+        grouped: bool,
+        dead: list[tuple[str, Fields, str, int]],
+        fields: Fields,
+    ) -> bool:
+        """After a failed attempt: fan-out retries at once, up to ``max_deliveries``; a group
+        leaves the entry pending, to be re-delivered. Once attempts run out the entry is
+        dead-lettered. Returns whether the consumer is done with the entry."""
+        limit = self.max_deliveries
+        while True:
+            self._failed(env, exc, attempt)
+            if attempt >= limit:
+                dead.append((env.id, fields, repr(exc), attempt))
+                return True
+            if grouped:
+                return False
+            attempt += 1
+            try:
+                if self._is_async:
+                    await self.handler(env)  # type: ignore[misc]
+                else:
+                    self.handler(env)
+            except Exception as again:
+                exc = again
+            else:
+                self.stats.handled += 1
+                return True
 
     async def _run(self, cursor: Cursor | GroupCursor) -> None:
         """Read batches until stopped; handle them; dead-letter and acknowledge."""
