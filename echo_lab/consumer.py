@@ -209,50 +209,28 @@ class Subscription:
                 dead.append((id_, fields, error, deliveries))
                 done.append(id_)
                 continue
-            try:
-                if is_async:
-                    await handler(env)  # type: ignore[misc]
+            # fan-out retries at once; a group leaves the entry pending, to be re-delivered
+            attempt = deliveries
+            while True:
+                try:
+                    if is_async:
+                        await handler(env)  # type: ignore[misc]
+                    else:
+                        handler(env)
+                except Exception as exc:
+                    self._failed(env, exc, attempt)
+                    if attempt >= self.max_deliveries:
+                        dead.append((id_, fields, repr(exc), attempt))
+                        done.append(id_)
+                        break
+                    if grouped:
+                        break
+                    attempt += 1
                 else:
-                    handler(env)
-            except Exception as exc:
-                if await self._retry(env, exc, deliveries, grouped, dead, fields):
+                    stats.handled += 1
                     done.append(id_)
-            else:
-                stats.handled += 1
-                done.append(id_)
+                    break
         return done, dead
-
-    async def _retry(
-        self,
-        env: Envelope,
-        exc: Exception,
-        attempt: int,
-        grouped: bool,
-        dead: list[tuple[str, Fields, str, int]],
-        fields: Fields,
-    ) -> bool:
-        """After a failed attempt: fan-out retries at once, up to ``max_deliveries``; a group
-        leaves the entry pending, to be re-delivered. Once attempts run out the entry is
-        dead-lettered. Returns whether the consumer is done with the entry."""
-        limit = self.max_deliveries
-        while True:
-            self._failed(env, exc, attempt)
-            if attempt >= limit:
-                dead.append((env.id, fields, repr(exc), attempt))
-                return True
-            if grouped:
-                return False
-            attempt += 1
-            try:
-                if self._is_async:
-                    await self.handler(env)  # type: ignore[misc]
-                else:
-                    self.handler(env)
-            except Exception as again:
-                exc = again
-            else:
-                self.stats.handled += 1
-                return True
 
     async def _run(self, cursor: Cursor | GroupCursor) -> None:
         """Read batches until stopped; handle them; dead-letter and acknowledge."""

@@ -483,7 +483,7 @@ class _MemoryCursor(Cursor):
             self.last_id = ids[-1]
             if store.space_waiters or store.sync_space_waiting:
                 store.wake_producers(self.topic)
-        return list(zip(ids, fields, strict=True))
+        return list(zip(ids, fields, strict=True))  # as _Log.entries, zipped outside the lock
 
     async def read(self, count: int, timeout: float | None) -> list[RawEntry]:
         # With timeout=None this awaits only plain futures (no asyncio.timeout, no current
